@@ -1,0 +1,226 @@
+//! Command-line flags: one per top-level config key (the key with dashes), each also read
+//! from `PGWARDEN_<KEY>`; a flag beats its variable, which beats the file (see `config`).
+//!
+//! Values are only typed here (numbers, modes); ranges, durations, addresses and the upstream
+//! URL are checked by `config::validate` so that every problem is reported together, by key.
+//! Subcommands (`check`) will become `#[command(subcommand)] command: Option<Command>`, with
+//! these flags marked `global = true` so they apply to every subcommand.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+use crate::config::{AuthType, PoolMode};
+
+/// Settings given on the command line or in the environment; `None` means "not given".
+#[derive(Parser, Debug, Default, Clone)]
+#[command(version, about)]
+pub struct Cli {
+    /// Read settings from this TOML file (see config/pgwarden.toml); flags and PGWARDEN_*
+    /// variables override it.
+    #[arg(long, env = "PGWARDEN_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Forward every database to this server: postgres://[USER[:PASSWORD]@]HOST[:PORT].
+    /// With credentials, USER becomes a known user with that password (clients log in with
+    /// it, and so does pgwarden). A socket directory is a host such as %2Fvar%2Frun%2Fpostgresql.
+    #[arg(
+        long,
+        env = "PGWARDEN_UPSTREAM",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub upstream: Option<String>,
+
+    /// Addresses to accept clients on, comma-separated; IPv6 in brackets ([::1]:6432).
+    /// Default: 127.0.0.1:6432.
+    #[arg(long, env = "PGWARDEN_LISTEN", value_name = "HOST:PORT[,...]")]
+    pub listen: Option<String>,
+
+    /// Also accept clients on a Unix socket in this directory (.s.PGSQL.<port of the first
+    /// listen address>). Default: none.
+    #[arg(long, env = "PGWARDEN_UNIX_SOCKET_DIR", value_name = "DIR")]
+    pub unix_socket_dir: Option<PathBuf>,
+
+    /// How clients prove who they are. Default: scram-sha-256.
+    #[arg(long, env = "PGWARDEN_AUTH_TYPE", value_name = "TYPE")]
+    pub auth_type: Option<AuthType>,
+
+    /// A PgBouncer userlist.txt ("user" "password" per line) adding to the file's [users];
+    /// its passwords win. Default: none.
+    #[arg(long, env = "PGWARDEN_AUTH_FILE", value_name = "FILE")]
+    pub auth_file: Option<PathBuf>,
+
+    /// When a client's server goes back to the pool. Default: session.
+    #[arg(long, env = "PGWARDEN_POOL_MODE", value_name = "MODE")]
+    pub pool_mode: Option<PoolMode>,
+
+    /// Most server connections per (database, user) pool. Default: 20.
+    #[arg(long, env = "PGWARDEN_POOL_SIZE", value_name = "N")]
+    pub pool_size: Option<usize>,
+
+    /// Server connections each pool keeps open even when idle. Default: 0.
+    #[arg(long, env = "PGWARDEN_MIN_POOL_SIZE", value_name = "N")]
+    pub min_pool_size: Option<usize>,
+
+    /// Most client connections accepted in total. Default: 1000.
+    #[arg(long, env = "PGWARDEN_MAX_CLIENT_CONN", value_name = "N")]
+    pub max_client_conn: Option<usize>,
+
+    /// Run on a server before another client gets it; empty for none. Default: DISCARD ALL.
+    #[arg(long, env = "PGWARDEN_SERVER_RESET_QUERY", value_name = "SQL")]
+    pub server_reset_query: Option<String>,
+
+    /// Close servers idle this long (0: never). Default: 10m.
+    #[arg(long, env = "PGWARDEN_SERVER_IDLE_TIMEOUT", value_name = "DURATION")]
+    pub server_idle_timeout: Option<String>,
+
+    /// Close servers this old when next idle (0: never). Default: 1h.
+    #[arg(long, env = "PGWARDEN_SERVER_LIFETIME", value_name = "DURATION")]
+    pub server_lifetime: Option<String>,
+
+    /// Give up connecting to a server after this long. Default: 15s.
+    #[arg(long, env = "PGWARDEN_SERVER_CONNECT_TIMEOUT", value_name = "DURATION")]
+    pub server_connect_timeout: Option<String>,
+
+    /// How long a client waits for a server before an error (0: forever). Default: 2m.
+    #[arg(long, env = "PGWARDEN_QUERY_WAIT_TIMEOUT", value_name = "DURATION")]
+    pub query_wait_timeout: Option<String>,
+
+    /// How long a client may take to log in (0: forever). Default: 1m.
+    #[arg(long, env = "PGWARDEN_CLIENT_LOGIN_TIMEOUT", value_name = "DURATION")]
+    pub client_login_timeout: Option<String>,
+
+    /// How long shutdown waits for running transactions. Default: 30s.
+    #[arg(long, env = "PGWARDEN_SHUTDOWN_TIMEOUT", value_name = "DURATION")]
+    pub shutdown_timeout: Option<String>,
+
+    /// Largest protocol message read whole, in bytes (at least 1024).
+    /// Default: 1073741824 (1 GiB).
+    #[arg(long, env = "PGWARDEN_MAX_PACKET_SIZE", value_name = "BYTES")]
+    pub max_packet_size: Option<u32>,
+
+    /// error, warn, info, debug or trace, or tracing directives (info,pgwarden=debug).
+    /// Default: info.
+    #[arg(long, env = "PGWARDEN_LOG_LEVEL", value_name = "LEVEL")]
+    pub log_level: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+    use crate::config::duration;
+    use crate::config::file::defaults;
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_flag_is_its_key_with_dashes_and_has_a_pgwarden_variable() {
+        let command = Cli::command();
+        for arg in command.get_arguments().filter(|a| a.get_long().is_some()) {
+            let key = arg.get_id().as_str();
+            if key == "help" || key == "version" {
+                continue;
+            }
+            assert_eq!(arg.get_long(), Some(key.replace('_', "-").as_str()));
+            let env = arg.get_env().and_then(|e| e.to_str());
+            assert_eq!(
+                env,
+                Some(format!("PGWARDEN_{}", key.to_uppercase()).as_str())
+            );
+        }
+    }
+
+    #[test]
+    fn help_states_each_default() {
+        let secs = duration::format;
+        let expected = [
+            ("listen", defaults::LISTEN.to_owned()),
+            ("auth_type", "scram-sha-256".to_owned()),
+            ("pool_mode", "session".to_owned()),
+            ("pool_size", defaults::POOL_SIZE.to_string()),
+            ("min_pool_size", defaults::MIN_POOL_SIZE.to_string()),
+            ("max_client_conn", defaults::MAX_CLIENT_CONN.to_string()),
+            (
+                "server_reset_query",
+                defaults::SERVER_RESET_QUERY.to_owned(),
+            ),
+            ("server_idle_timeout", secs(defaults::SERVER_IDLE_TIMEOUT)),
+            ("server_lifetime", secs(defaults::SERVER_LIFETIME)),
+            (
+                "server_connect_timeout",
+                secs(defaults::SERVER_CONNECT_TIMEOUT),
+            ),
+            ("query_wait_timeout", secs(defaults::QUERY_WAIT_TIMEOUT)),
+            ("client_login_timeout", secs(defaults::CLIENT_LOGIN_TIMEOUT)),
+            ("shutdown_timeout", secs(defaults::SHUTDOWN_TIMEOUT)),
+            ("max_packet_size", defaults::MAX_PACKET_SIZE.to_string()),
+            ("log_level", defaults::LOG_LEVEL.to_owned()),
+        ];
+        let command = Cli::command();
+        for (key, default) in expected {
+            let arg = command.get_arguments().find(|a| a.get_id() == key);
+            let help = arg.and_then(|a| a.get_help()).map(|h| h.to_string());
+            let help = help.unwrap_or_else(|| panic!("no help for {key}"));
+            assert!(
+                help.contains(&format!("Default: {default}")),
+                "{key}: {help}"
+            );
+        }
+    }
+
+    #[test]
+    fn flags_parse_into_typed_values() {
+        let cli = Cli::try_parse_from([
+            "pgwarden",
+            "--pool-size=7",
+            "--pool-mode=transaction",
+            "--auth-type=md5",
+            "--listen",
+            "127.0.0.1:6432,[::1]:6432",
+            "--query-wait-timeout=500ms",
+            "--config=pgwarden.toml",
+        ])
+        .unwrap();
+        assert_eq!(cli.pool_size, Some(7));
+        assert_eq!(cli.pool_mode, Some(PoolMode::Transaction));
+        assert_eq!(cli.auth_type, Some(AuthType::Md5));
+        assert_eq!(cli.listen.as_deref(), Some("127.0.0.1:6432,[::1]:6432"));
+        assert_eq!(cli.query_wait_timeout.as_deref(), Some("500ms"));
+        assert_eq!(cli.config, Some(PathBuf::from("pgwarden.toml")));
+        assert_eq!(cli.max_client_conn, None);
+    }
+
+    #[test]
+    fn bad_typed_values_and_unknown_flags_are_refused() {
+        for args in [
+            ["pgwarden", "--pool-size=many"],
+            ["pgwarden", "--pool-mode=sometimes"],
+        ] {
+            assert!(Cli::try_parse_from(args).is_err(), "{args:?}");
+        }
+        assert!(Cli::try_parse_from(["pgwarden", "--pool_size=3"]).is_err());
+    }
+
+    /// The only test that touches the process environment; it owns PGWARDEN_SHUTDOWN_TIMEOUT,
+    /// which no other test reads.
+    #[test]
+    fn environment_is_read_and_a_flag_beats_it() {
+        const VAR: &str = "PGWARDEN_SHUTDOWN_TIMEOUT";
+        let saved = std::env::var_os(VAR);
+        std::env::set_var(VAR, "45s");
+        let from_env = Cli::try_parse_from(["pgwarden"]);
+        let from_flag = Cli::try_parse_from(["pgwarden", "--shutdown-timeout", "5s"]);
+        match saved {
+            Some(value) => std::env::set_var(VAR, value),
+            None => std::env::remove_var(VAR),
+        }
+        assert_eq!(from_env.unwrap().shutdown_timeout.as_deref(), Some("45s"));
+        assert_eq!(from_flag.unwrap().shutdown_timeout.as_deref(), Some("5s"));
+    }
+}

@@ -1,0 +1,157 @@
+//! Login: route the database, authenticate the client, get it a server with its session
+//! parameters applied, and tell the client it is in.
+
+use bytes::BytesMut;
+use pgwire::messages::startup::Authentication;
+use tokio::io::AsyncWriteExt;
+
+use super::handshake::Startup;
+use super::ClientError;
+use crate::auth::{self, Secret};
+use crate::cancel::{CancelHandle, CancelTarget};
+use crate::config::{Config, Database, User};
+use crate::context::Context;
+use crate::pool::{PoolKey, PoolSettings, PooledServer};
+use crate::protocol::{messages, PgError, TransactionStatus};
+use crate::server::params::client_parameters;
+use crate::server::{Credential, ServerError, ServerTarget};
+use crate::stream::Stream;
+
+/// SQLSTATE Postgres uses for a bad startup option value.
+const INVALID_PARAMETER_VALUE: &str = "22023";
+
+/// A logged-in client with the server it holds for its session.
+pub struct Session {
+    pub server: PooledServer,
+    pub cancel: CancelHandle,
+}
+
+pub async fn login(
+    stream: &mut Stream,
+    buf: &mut BytesMut,
+    ctx: &Context,
+    startup: &Startup,
+) -> Result<Session, ClientError> {
+    let config = &ctx.config;
+    let route = route(config, &startup.database)?;
+    let user = config.users.get(&startup.user);
+    let secret = user.and_then(|u| u.secret.as_ref());
+    auth::authenticate(
+        stream,
+        buf,
+        config.auth_type,
+        &startup.user,
+        secret,
+        config.max_packet_size,
+    )
+    .await?;
+    let wanted = client_parameters(&startup.params)
+        .map_err(|e| ClientError::Refused(PgError::fatal(INVALID_PARAMETER_VALUE, e)))?;
+
+    let key = PoolKey {
+        database: startup.database.clone(),
+        user: startup.user.clone(),
+    };
+    let pool = ctx
+        .pools
+        .get_or_create(key, || pool_spec(config, route, user, startup));
+    let mut server = pool.checkout().await?;
+    if let Err(err) = apply_parameters(&mut server, &wanted).await {
+        let clean = matches!(err, ServerError::Query { .. });
+        server.release(clean).await;
+        return Err(err.into());
+    }
+    let cancel = ctx.cancels.register();
+    cancel.set(Some(CancelTarget {
+        server: server.target.clone(),
+        key: server.key,
+    }));
+    stream.write_all(&login_ok(&server, &cancel)).await?;
+    Ok(Session { server, cancel })
+}
+
+/// The route for a client-visible database name: a named entry, else the wildcard.
+fn route<'c>(config: &'c Config, database: &str) -> Result<&'c Database, ClientError> {
+    config
+        .databases
+        .get(database)
+        .or(config.wildcard.as_ref())
+        .ok_or_else(|| ClientError::Refused(PgError::unknown_database(database)))
+}
+
+/// How a new pool's servers log in, and the pool's limits.
+fn pool_spec(
+    config: &Config,
+    route: &Database,
+    user: Option<&User>,
+    startup: &Startup,
+) -> (ServerTarget, PoolSettings) {
+    let server_user = route.user.clone().unwrap_or_else(|| startup.user.clone());
+    let credential = match (&route.password, &route.user) {
+        (Some(password), _) => Credential::Password(password.clone()),
+        (None, Some(forced)) => {
+            credential(config.users.get(forced).and_then(|u| u.secret.as_ref()))
+        }
+        (None, None) => credential(user.and_then(|u| u.secret.as_ref())),
+    };
+    let target = ServerTarget {
+        host: route.host.clone(),
+        port: route.port,
+        dbname: route
+            .dbname
+            .clone()
+            .unwrap_or_else(|| startup.database.clone()),
+        user: server_user,
+        credential,
+    };
+    let settings = PoolSettings {
+        size: user
+            .and_then(|u| u.pool_size)
+            .or(route.pool_size)
+            .unwrap_or(config.pool_size),
+        min_size: route.min_pool_size.unwrap_or(config.min_pool_size),
+        mode: user
+            .and_then(|u| u.pool_mode)
+            .or(route.pool_mode)
+            .unwrap_or(config.pool_mode),
+        reset_query: config.server_reset_query.clone(),
+        idle_timeout: config.server_idle_timeout,
+        lifetime: config.server_lifetime,
+        connect_timeout: config.server_connect_timeout,
+        wait_timeout: config.query_wait_timeout,
+    };
+    (target, settings)
+}
+
+/// What pgwarden can log in to a server with, given the user's stored secret. A SCRAM
+/// verifier cannot answer a server's challenge; such users need a password in the route.
+fn credential(secret: Option<&Secret>) -> Credential {
+    match secret {
+        Some(Secret::Plain(p)) => Credential::Password(p.clone()),
+        Some(Secret::Md5(h)) => Credential::Md5Hash(h.clone()),
+        Some(Secret::Scram(_)) | None => Credential::None,
+    }
+}
+
+async fn apply_parameters(
+    server: &mut PooledServer,
+    wanted: &[(String, String)],
+) -> Result<(), ServerError> {
+    if let Some(sql) = server.params.sync_query(wanted) {
+        server.exec(&sql).await?;
+        server.params.mark_applied(wanted);
+    }
+    Ok(())
+}
+
+/// AuthenticationOk, the server's parameters, our cancel key, ReadyForQuery: one write.
+fn login_ok(server: &PooledServer, cancel: &CancelHandle) -> BytesMut {
+    let mut out = BytesMut::with_capacity(512);
+    messages::authentication(Authentication::Ok, &mut out);
+    for (name, value) in server.reported() {
+        messages::parameter_status(name, value, &mut out);
+    }
+    messages::backend_key_data(cancel.key.pid, cancel.key.secret, &mut out);
+    messages::ready_for_query(TransactionStatus::Idle, &mut out);
+    out
+}

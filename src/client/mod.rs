@@ -1,0 +1,105 @@
+//! One client connection from accept to close: [`handshake`] (startup packet, SSL/GSS
+//! refusal, cancel requests), [`login`] (routing, authentication, a server, parameters),
+//! then [`relay`] (the session loop), and finally the server's return to its pool.
+
+mod handshake;
+mod login;
+mod relay;
+
+use std::net::SocketAddr;
+
+use bytes::BytesMut;
+use thiserror::Error;
+use tokio::io::AsyncWriteExt;
+use tracing::{info, info_span, Instrument};
+
+use crate::auth::AuthError;
+use crate::context::Context;
+use crate::pool::CheckoutError;
+use crate::protocol::io::ReadError;
+use crate::protocol::PgError;
+use crate::server::ServerError;
+use crate::stream::Stream;
+
+/// Why a client connection ended before or outside a normal session.
+#[derive(Debug, Error)]
+pub enum ClientError {
+    /// Refused with an error the client is sent as is.
+    #[error("{0}")]
+    Refused(PgError),
+    #[error("authentication failed: {0}")]
+    Auth(#[from] AuthError),
+    #[error("{0}")]
+    Checkout(#[from] CheckoutError),
+    #[error("{0}")]
+    Server(#[from] ServerError),
+    #[error("client_login_timeout ({0:?}) expired before login completed")]
+    LoginTimeout(std::time::Duration),
+    #[error("{0}")]
+    Read(#[from] ReadError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl ClientError {
+    /// The ErrorResponse to send, if the client can still be told anything.
+    fn to_client_error(&self, user: &str) -> Option<PgError> {
+        match self {
+            ClientError::Refused(e) => Some(e.clone()),
+            ClientError::Auth(e) => Some(e.to_pg_error(user)),
+            ClientError::Checkout(e) => Some(e.to_client_error()),
+            ClientError::Server(e) => Some(e.to_client_error()),
+            ClientError::LoginTimeout(_) => Some(PgError::fatal(
+                crate::protocol::sqlstate::PROTOCOL_VIOLATION,
+                self.to_string(),
+            )),
+            ClientError::Read(ReadError::Framing(e)) => Some(PgError::protocol_violation(e)),
+            ClientError::Read(ReadError::BadStartupLength(_)) => {
+                Some(PgError::protocol_violation(self))
+            }
+            ClientError::Read(_) | ClientError::Io(_) => None,
+        }
+    }
+}
+
+/// Serves one client connection to the end. Never panics on client input; every refusal
+/// is reported to the client as an ErrorResponse before the socket closes.
+pub async fn serve(stream: Stream, peer: Option<SocketAddr>, ctx: Context) {
+    let span =
+        info_span!("client", peer = %peer.map_or_else(|| "unix".to_owned(), |p| p.to_string()));
+    serve_inner(stream, ctx).instrument(span).await
+}
+
+async fn serve_inner(mut stream: Stream, ctx: Context) {
+    let mut buf = BytesMut::new();
+    let login_timeout = ctx.config.client_login_timeout;
+    let hello = handshake::with_deadline(
+        login_timeout,
+        handshake::read_hello(&mut stream, &mut buf, &ctx),
+    )
+    .await;
+    let startup = match hello {
+        Ok(Some(startup)) => startup,
+        Ok(None) => return, // a cancel request: answered by closing
+        Err(err) => return refuse(&mut stream, &err, "").await,
+    };
+    let user = startup.user.clone();
+    info!(user = %startup.user, database = %startup.database, "client connected");
+    let login = login::login(&mut stream, &mut buf, &ctx, &startup);
+    let session = match handshake::with_deadline(login_timeout, login).await {
+        Ok(session) => session,
+        Err(err) => {
+            info!(user = %user, cause = %err, "client refused");
+            return refuse(&mut stream, &err, &user).await;
+        }
+    };
+    let reason = relay::run(&mut stream, buf, session, &ctx).await;
+    info!(user = %user, reason = %reason, "client disconnected");
+}
+
+async fn refuse(stream: &mut Stream, err: &ClientError, user: &str) {
+    if let Some(pg) = err.to_client_error(user) {
+        let _ = stream.write_all(&pg.to_bytes()).await;
+    }
+    let _ = stream.shutdown().await;
+}

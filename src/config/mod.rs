@@ -1,0 +1,105 @@
+//! The validated configuration every other module reads: built once from defaults, the TOML
+//! file, environment variables and flags (see [`load`]), then passed around as `Arc<Config>`.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::auth::secret::Secret;
+
+pub mod duration;
+pub mod file;
+pub mod validate;
+
+pub use validate::{load, ConfigError, ConfigErrors};
+
+/// When a client's server goes back to the pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolMode {
+    /// When the client disconnects.
+    Session,
+    /// When the backend reports idle (`ReadyForQuery` with status `I`).
+    Transaction,
+    /// After every statement; multi-statement transactions are refused.
+    Statement,
+}
+
+/// How clients prove who they are to pgwarden.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
+pub enum AuthType {
+    #[serde(rename = "trust")]
+    #[value(name = "trust")]
+    Trust,
+    #[serde(rename = "password")]
+    #[value(name = "password")]
+    Password,
+    #[serde(rename = "md5")]
+    #[value(name = "md5")]
+    Md5,
+    #[serde(rename = "scram-sha-256")]
+    #[value(name = "scram-sha-256")]
+    ScramSha256,
+}
+
+/// A user pgwarden knows: how clients authenticate as it, and how pgwarden logs in for it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct User {
+    /// `None` only under `auth_type = trust` for users without a password.
+    pub secret: Option<Secret>,
+    pub pool_size: Option<usize>,
+    pub pool_mode: Option<PoolMode>,
+}
+
+/// Where a client-visible database name leads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Database {
+    /// A host name, an IP address, or an absolute directory holding a Unix socket.
+    pub host: String,
+    pub port: u16,
+    /// The real database name; `None` keeps the name the client asked for.
+    pub dbname: Option<String>,
+    /// Log in to the server as this user instead of the client's.
+    pub user: Option<String>,
+    /// Password for `user` (or for the client's user) at the server.
+    pub password: Option<String>,
+    pub pool_size: Option<usize>,
+    pub min_pool_size: Option<usize>,
+    pub pool_mode: Option<PoolMode>,
+}
+
+/// Everything pgwarden runs with. Durations of zero mean "disabled" where noted.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// TCP addresses to listen on (`host:port`, IPv6 as `[::1]:6432`).
+    pub listen: Vec<String>,
+    /// Directory for a Unix socket `.s.PGSQL.<port>` (port of the first `listen` entry).
+    pub unix_socket_dir: Option<PathBuf>,
+    pub auth_type: AuthType,
+    /// Known users: `[users]` of the file merged with `auth_file` (the file wins on conflict).
+    pub users: HashMap<String, User>,
+    /// Named database routes.
+    pub databases: HashMap<String, Database>,
+    /// The `"*"` route: any database name not listed goes here unchanged.
+    pub wildcard: Option<Database>,
+    pub pool_mode: PoolMode,
+    pub pool_size: usize,
+    pub min_pool_size: usize,
+    pub max_client_conn: usize,
+    /// Run on a server before another client gets it; empty for none.
+    pub server_reset_query: String,
+    /// Close servers idle longer than this (zero: never).
+    pub server_idle_timeout: Duration,
+    /// Close servers older than this when they are next idle (zero: never).
+    pub server_lifetime: Duration,
+    pub server_connect_timeout: Duration,
+    /// How long a client waits for a server before an error (zero: forever).
+    pub query_wait_timeout: Duration,
+    /// How long a client may take from connecting to being logged in (zero: forever).
+    pub client_login_timeout: Duration,
+    /// How long shutdown waits for running transactions.
+    pub shutdown_timeout: Duration,
+    /// Largest protocol message accepted whole (startup, auth and inspected messages).
+    pub max_packet_size: u32,
+    pub log_level: String,
+}

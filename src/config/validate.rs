@@ -1,0 +1,454 @@
+//! Builds the validated [`Config`] from defaults, the file and the flags, reporting every
+//! problem at once, each under the TOML key it belongs to (`databases.app.port: …`).
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::path::Path;
+use std::time::Duration;
+
+use crate::auth::secret::Secret;
+use crate::auth::userlist;
+use crate::cli::Cli;
+use crate::config::duration;
+use crate::config::file::{defaults, FileConfig, FileDatabase, FileUser, WILDCARD};
+use crate::config::{AuthType, Config, Database, User};
+
+mod addr;
+#[cfg(test)]
+mod tests;
+
+use addr::Upstream;
+
+/// Smallest `max_packet_size` accepted: startup and authentication messages must fit.
+pub const MIN_MAX_PACKET_SIZE: u32 = 1024;
+
+/// What `log_level` may be when it is a single word.
+const LOG_LEVELS: [&str; 5] = ["error", "warn", "info", "debug", "trace"];
+
+/// One problem with the configuration: the key it concerns and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {reason}")]
+pub struct ConfigError {
+    /// The TOML key (`pool_size`, `databases.app.port`), or `FILE:LINE:COLUMN` when the file
+    /// itself does not parse.
+    pub key: String,
+    pub reason: String,
+}
+
+impl ConfigError {
+    pub fn new(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+        ConfigError {
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Every problem found, in the order of the checks; displayed one per line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, error) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{error}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl From<ConfigError> for ConfigErrors {
+    fn from(error: ConfigError) -> ConfigErrors {
+        ConfigErrors(vec![error])
+    }
+}
+
+/// Reads the file named by `--config` (if any) and builds the configuration from it and the
+/// flags; see [`from_sources`].
+pub fn load(cli: &Cli) -> Result<Config, ConfigErrors> {
+    let text = match &cli.config {
+        Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::new("config", format!("cannot read {}: {e}", path.display()))
+        })?),
+        None => None,
+    };
+    from_sources(text.as_deref(), cli)
+}
+
+/// The configuration a file's text describes, with no flags; for tests and tools.
+pub fn from_toml(text: &str) -> Result<Config, ConfigErrors> {
+    from_sources(Some(text), &Cli::default())
+}
+
+/// The one merge step: defaults < file < environment < flags (clap has already put each flag
+/// over its `PGWARDEN_*` variable). A relative `auth_file` in the file is taken relative to
+/// the file named by `cli.config`; one given as a flag, relative to the working directory.
+pub fn from_sources(file_text: Option<&str>, cli: &Cli) -> Result<Config, ConfigErrors> {
+    let mut file = match file_text {
+        Some(text) => FileConfig::parse(text).map_err(|e| syntax_error(text, cli, &e))?,
+        None => FileConfig::default(),
+    };
+    if let (Some(auth_file), Some(config)) = (&mut file.auth_file, &cli.config) {
+        if auth_file.is_relative() {
+            *auth_file = config.parent().unwrap_or(Path::new("")).join(&*auth_file);
+        }
+    }
+    validate(file.merge(cli))
+}
+
+/// A file that is not valid TOML, has an unknown key or a value of the wrong type, reported
+/// compiler-style as `FILE:LINE:COLUMN: message`.
+fn syntax_error(text: &str, cli: &Cli, error: &toml::de::Error) -> ConfigErrors {
+    let file = match &cli.config {
+        Some(path) => path.display().to_string(),
+        None => "<config>".to_owned(),
+    };
+    let start = error.span().map_or(0, |span| span.start).min(text.len());
+    let before = text.get(..start).unwrap_or("");
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    ConfigError::new(format!("{file}:{line}:{column}"), error.message().trim()).into()
+}
+
+/// Checks the merged settings and builds the [`Config`], or lists everything wrong with them.
+fn validate(merged: FileConfig) -> Result<Config, ConfigErrors> {
+    let mut check = Checker::default();
+    let listen = check.listen(merged.listen.as_deref().unwrap_or(defaults::LISTEN));
+    if let Some(dir) = &merged.unix_socket_dir {
+        if dir.as_os_str().is_empty() {
+            check.error("unix_socket_dir", "empty; leave it out for no Unix socket");
+        }
+    }
+    let pool_size = check.pool_size("pool_size", merged.pool_size, defaults::POOL_SIZE);
+    let min_pool_size = merged.min_pool_size.unwrap_or(defaults::MIN_POOL_SIZE);
+    check.min_pool_size("min_pool_size", min_pool_size, pool_size);
+    let max_client_conn = merged.max_client_conn.unwrap_or(defaults::MAX_CLIENT_CONN);
+    check.at_least("max_client_conn", max_client_conn, 1);
+    let max_packet_size = merged.max_packet_size.unwrap_or(defaults::MAX_PACKET_SIZE);
+    check.at_least("max_packet_size", max_packet_size, MIN_MAX_PACKET_SIZE);
+    let server_connect_timeout = check.duration(
+        "server_connect_timeout",
+        &merged.server_connect_timeout,
+        defaults::SERVER_CONNECT_TIMEOUT,
+    );
+    if server_connect_timeout.is_zero() {
+        check.error("server_connect_timeout", "must be more than 0");
+    }
+    let auth_type = merged.auth_type.unwrap_or(defaults::AUTH_TYPE);
+    let upstream = merged
+        .upstream
+        .as_deref()
+        .and_then(|url| check.upstream(url));
+    let (databases, mut wildcard) = check.databases(&merged, pool_size);
+    let users = check.users(&merged, upstream.as_ref(), auth_type);
+    if let Some(upstream) = upstream {
+        wildcard = Some(upstream.route);
+    }
+    let config = Config {
+        listen,
+        unix_socket_dir: merged.unix_socket_dir.clone(),
+        auth_type,
+        users,
+        databases,
+        wildcard,
+        pool_mode: merged.pool_mode.unwrap_or(defaults::POOL_MODE),
+        pool_size,
+        min_pool_size,
+        max_client_conn,
+        server_reset_query: merged
+            .server_reset_query
+            .clone()
+            .unwrap_or_else(|| defaults::SERVER_RESET_QUERY.to_owned()),
+        server_idle_timeout: check.duration(
+            "server_idle_timeout",
+            &merged.server_idle_timeout,
+            defaults::SERVER_IDLE_TIMEOUT,
+        ),
+        server_lifetime: check.duration(
+            "server_lifetime",
+            &merged.server_lifetime,
+            defaults::SERVER_LIFETIME,
+        ),
+        server_connect_timeout,
+        query_wait_timeout: check.duration(
+            "query_wait_timeout",
+            &merged.query_wait_timeout,
+            defaults::QUERY_WAIT_TIMEOUT,
+        ),
+        client_login_timeout: check.duration(
+            "client_login_timeout",
+            &merged.client_login_timeout,
+            defaults::CLIENT_LOGIN_TIMEOUT,
+        ),
+        shutdown_timeout: check.duration(
+            "shutdown_timeout",
+            &merged.shutdown_timeout,
+            defaults::SHUTDOWN_TIMEOUT,
+        ),
+        max_packet_size,
+        log_level: check.log_level(merged.log_level.as_deref().unwrap_or(defaults::LOG_LEVEL)),
+    };
+    check.finish(config)
+}
+
+/// Collects problems while the checks go on; each check returns a usable value regardless.
+#[derive(Default)]
+struct Checker {
+    errors: Vec<ConfigError>,
+}
+
+impl Checker {
+    fn error(&mut self, key: impl Into<String>, reason: impl Into<String>) {
+        self.errors.push(ConfigError::new(key, reason));
+    }
+
+    fn finish(self, config: Config) -> Result<Config, ConfigErrors> {
+        match self.errors.is_empty() {
+            true => Ok(config),
+            false => Err(ConfigErrors(self.errors)),
+        }
+    }
+
+    fn at_least<T: PartialOrd + fmt::Display>(&mut self, key: &str, value: T, min: T) {
+        if value < min {
+            self.error(key, format!("must be at least {min}, not {value}"));
+        }
+    }
+
+    fn pool_size(&mut self, key: &str, value: Option<usize>, default: usize) -> usize {
+        let size = value.unwrap_or(default);
+        self.at_least(key, size, 1);
+        size
+    }
+
+    fn min_pool_size(&mut self, key: &str, min: usize, pool_size: usize) {
+        if min > pool_size {
+            self.error(key, format!("{min} is more than pool_size ({pool_size})"));
+        }
+    }
+
+    fn duration(&mut self, key: &str, text: &Option<String>, default: Duration) -> Duration {
+        let Some(text) = text else { return default };
+        duration::parse(text).unwrap_or_else(|e| {
+            self.error(key, e.to_string());
+            default
+        })
+    }
+
+    fn listen(&mut self, text: &str) -> Vec<String> {
+        let entries: Vec<String> = text.split(',').map(|e| e.trim().to_owned()).collect();
+        for entry in &entries {
+            if let Err(reason) = addr::check_listen(entry) {
+                self.error("listen", reason);
+            }
+        }
+        entries
+    }
+
+    fn upstream(&mut self, url: &str) -> Option<Upstream> {
+        addr::parse_upstream(url)
+            .map_err(|reason| self.error("upstream", reason))
+            .ok()
+    }
+
+    fn log_level(&mut self, text: &str) -> String {
+        let level = text.trim().to_ascii_lowercase();
+        if LOG_LEVELS.contains(&level.as_str()) {
+            return level;
+        }
+        if !text.contains(['=', ',']) {
+            let reason = format!(
+                "{text:?} is not one of {} (or directives like info,pgwarden=debug)",
+                LOG_LEVELS.join(", ")
+            );
+            self.error("log_level", reason);
+        } else if let Err(e) = tracing_subscriber::EnvFilter::try_new(text) {
+            self.error("log_level", format!("{text:?}: {e}"));
+        }
+        text.trim().to_owned()
+    }
+
+    /// The named routes and the wildcard route from `[databases]`; also checks that some
+    /// route exists and that the file does not give two wildcards.
+    fn databases(
+        &mut self,
+        merged: &FileConfig,
+        pool_size: usize,
+    ) -> (HashMap<String, Database>, Option<Database>) {
+        let mut named = HashMap::new();
+        let mut wildcard = None;
+        for (name, entry) in &merged.databases {
+            let database = self.database(name, entry, pool_size);
+            if name == WILDCARD {
+                wildcard = Some(database);
+            } else {
+                named.insert(name.clone(), database);
+            }
+        }
+        match (&merged.upstream, &wildcard) {
+            (Some(_), Some(_)) => self.error(
+                "upstream",
+                "the file also has [databases.\"*\"]; both route every database, keep one",
+            ),
+            (None, None) if named.is_empty() => self.error(
+                "upstream",
+                "no route to a server: pass --upstream postgres://HOST:PORT or add [databases]",
+            ),
+            _ => {}
+        }
+        (named, wildcard)
+    }
+
+    fn database(&mut self, name: &str, entry: &FileDatabase, pool_size: usize) -> Database {
+        let key = |field: &str| table_key("databases", name, field);
+        if name.is_empty() {
+            self.error(key(""), "a database name must not be empty");
+        }
+        let host = entry.host.clone();
+        let host = host.unwrap_or_else(|| defaults::DATABASE_HOST.to_owned());
+        if host.trim().is_empty() {
+            self.error(key("host"), "empty; leave it out for 127.0.0.1");
+        }
+        let port = entry.port.unwrap_or(defaults::DATABASE_PORT);
+        if port == 0 {
+            self.error(key("port"), "must be a port from 1 to 65535, not 0");
+        }
+        if name == WILDCARD && entry.dbname.is_some() {
+            let reason = "the \"*\" route keeps the name each client asked for; map names in \
+                          their own [databases.NAME] entries";
+            self.error(key("dbname"), reason);
+        }
+        for (field, value) in [("dbname", &entry.dbname), ("user", &entry.user)] {
+            if value.as_deref().is_some_and(str::is_empty) {
+                self.error(key(field), "empty; leave it out to use the client's");
+            }
+        }
+        if let Some(size) = entry.pool_size {
+            self.at_least(&key("pool_size"), size, 1);
+        }
+        let min = entry.min_pool_size.unwrap_or(0);
+        self.min_pool_size(
+            &key("min_pool_size"),
+            min,
+            entry.pool_size.unwrap_or(pool_size),
+        );
+        Database {
+            host,
+            port,
+            dbname: entry.dbname.clone(),
+            user: entry.user.clone(),
+            password: entry.password.clone(),
+            pool_size: entry.pool_size,
+            min_pool_size: entry.min_pool_size,
+            pool_mode: entry.pool_mode,
+        }
+    }
+
+    /// `[users]`, then `auth_file` (its passwords win), then the upstream URL's user (a flag
+    /// or the file's `upstream`, which wins over both). Every user needs a password unless
+    /// `auth_type = "trust"`.
+    fn users(
+        &mut self,
+        merged: &FileConfig,
+        upstream: Option<&Upstream>,
+        auth_type: AuthType,
+    ) -> HashMap<String, User> {
+        let mut users = self.file_users(&merged.users);
+        if let Some(path) = &merged.auth_file {
+            for (name, password) in self.auth_file(path) {
+                match Secret::parse(&password) {
+                    Ok(secret) => user_entry(&mut users, name).secret = Some(secret),
+                    Err(e) => self.error("auth_file", format!("user {name:?}: {e}")),
+                }
+            }
+        }
+        if let Some((name, password)) = upstream.and_then(|u| u.user.clone()) {
+            let user = user_entry(&mut users, name);
+            if let Some(password) = password {
+                user.secret = Some(Secret::Plain(password));
+            }
+        }
+        if auth_type != AuthType::Trust {
+            let mut missing: Vec<&String> = users
+                .iter()
+                .filter(|(_, u)| u.secret.is_none())
+                .map(|(n, _)| n)
+                .collect();
+            missing.sort();
+            for name in missing {
+                let reason = "missing: set it here, in auth_file or in the upstream URL \
+                              (only auth_type = \"trust\" needs none)";
+                self.errors.push(ConfigError::new(
+                    table_key("users", name, "password"),
+                    reason,
+                ));
+            }
+        }
+        users
+    }
+
+    fn file_users(&mut self, entries: &BTreeMap<String, FileUser>) -> HashMap<String, User> {
+        let mut users = HashMap::new();
+        for (name, entry) in entries {
+            let key = |field: &str| table_key("users", name, field);
+            if name.is_empty() {
+                self.error(key(""), "a user name must not be empty");
+            }
+            if let Some(size) = entry.pool_size {
+                self.at_least(&key("pool_size"), size, 1);
+            }
+            let secret = entry.password.as_deref().and_then(|password| {
+                Secret::parse(password)
+                    .map_err(|e| self.error(key("password"), e.to_string()))
+                    .ok()
+            });
+            let user = User {
+                secret,
+                pool_size: entry.pool_size,
+                pool_mode: entry.pool_mode,
+            };
+            users.insert(name.clone(), user);
+        }
+        users
+    }
+
+    fn auth_file(&mut self, path: &Path) -> Vec<(String, String)> {
+        let parsed = match std::fs::read_to_string(path) {
+            Ok(text) => userlist::parse(&text).map_err(|e| e.to_string()),
+            Err(e) => Err(format!("cannot read it: {e}")),
+        };
+        parsed.unwrap_or_else(|reason| {
+            self.error("auth_file", format!("{}: {reason}", path.display()));
+            Vec::new()
+        })
+    }
+}
+
+fn user_entry(users: &mut HashMap<String, User>, name: String) -> &mut User {
+    users.entry(name).or_insert(User {
+        secret: None,
+        pool_size: None,
+        pool_mode: None,
+    })
+}
+
+/// `table.name.field` with `name` quoted as TOML would need it (`databases."*".port`);
+/// `field` may be empty (`databases.app`).
+fn table_key(table: &str, name: &str, field: &str) -> String {
+    let bare = !name.is_empty()
+        && (name.bytes()).all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    let name = if bare {
+        name.to_owned()
+    } else {
+        format!("{name:?}")
+    };
+    match field {
+        "" => format!("{table}.{name}"),
+        _ => format!("{table}.{name}.{field}"),
+    }
+}

@@ -1,0 +1,32 @@
+//! pgwarden: a transparent PostgreSQL connection proxy that pools backend connections and
+//! enforces connection caps, so no application misconfiguration can exhaust the database.
+//!
+//! # Layout
+//!
+//! - [`config`]: the validated [`config::Config`] (defaults < file < env < flags).
+//! - [`cli`]: the command-line flags, one per config key.
+//! - [`listener`]: binds TCP and Unix sockets, admits clients (client caps), one task each.
+//! - [`protocol`]: tags, header-only framing, startup classification, errors we send.
+//! - [`auth`]: client authentication (trust, password, md5, SCRAM) and secret storage.
+//! - [`client`]: one client session: handshake, login, the relay loop.
+//! - [`server`]: one backend connection: connect, log in, parameters, reset.
+//! - [`pool`]: a pool per (database, user) with a checkout guard; the wait queue.
+//! - [`cancel`]: proxy-issued cancel keys mapped to the server a client uses now.
+//! - [`shutdown`]: signals and draining.
+//! - [`stream`]: TCP and Unix sockets behind one type.
+//! - [`context`]: what every client task shares.
+
+pub mod auth;
+pub mod cancel;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod context;
+pub mod listener;
+pub mod pool;
+pub mod protocol;
+pub mod server;
+pub mod shutdown;
+pub mod stream;
+
+pub use listener::run;

@@ -1,0 +1,192 @@
+//! Binds the TCP and Unix sockets, admits clients (`max_client_conn`), runs one task per
+//! client, and on shutdown stops accepting and waits for sessions to finish.
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::cancel::CancelRegistry;
+use crate::client;
+use crate::config::Config;
+use crate::context::Context;
+use crate::pool::Pools;
+use crate::protocol::PgError;
+use crate::stream::Stream;
+
+/// Pause after a failed accept (e.g. out of file descriptors) so the loop does not spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// Binds every `listen` address (`host:port`; names resolve to all their addresses).
+pub async fn bind(listen: &[String]) -> io::Result<Vec<TcpListener>> {
+    let mut listeners = Vec::new();
+    for entry in listen {
+        for addr in tokio::net::lookup_host(entry.as_str()).await? {
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
+            listeners.push(listener);
+        }
+    }
+    Ok(listeners)
+}
+
+/// Serves clients on `listeners` (and the configured Unix socket) until `shutdown` is
+/// cancelled, then drains: sessions end at their next idle point, bounded by `shutdown_timeout`.
+pub async fn run(
+    listeners: Vec<TcpListener>,
+    config: Arc<Config>,
+    shutdown: CancellationToken,
+) -> io::Result<()> {
+    let ctx = Context {
+        config: config.clone(),
+        pools: Pools::default(),
+        cancels: CancelRegistry::default(),
+        shutdown: shutdown.clone(),
+    };
+    let tasks = TaskTracker::new();
+    let admission = Arc::new(Semaphore::new(config.max_client_conn));
+    let port = listeners
+        .first()
+        .map(|l| l.local_addr())
+        .transpose()?
+        .map_or(6432, |a| a.port());
+    let (unix, unix_path) = match &config.unix_socket_dir {
+        Some(dir) => {
+            let (listener, path) = bind_unix(dir, port)?;
+            (Some(listener), Some(path))
+        }
+        None => (None, None),
+    };
+    for listener in listeners {
+        info!(addr = %listener.local_addr()?, "listening");
+        tasks.spawn(accept_tcp(
+            listener,
+            ctx.clone(),
+            admission.clone(),
+            tasks.clone(),
+        ));
+    }
+    if let (Some(listener), Some(path)) = (unix, &unix_path) {
+        info!(path = %path.display(), "listening");
+        tasks.spawn(accept_unix(
+            listener,
+            ctx.clone(),
+            admission.clone(),
+            tasks.clone(),
+        ));
+    }
+
+    shutdown.cancelled().await;
+    info!(timeout = ?config.shutdown_timeout, "shutting down: no new connections, waiting for sessions to finish");
+    tasks.close();
+    if tokio::time::timeout(config.shutdown_timeout, tasks.wait())
+        .await
+        .is_err()
+    {
+        warn!("shutdown_timeout reached with sessions still running; closing them");
+    }
+    ctx.pools.close();
+    if let Some(path) = unix_path {
+        let _ = std::fs::remove_file(path);
+    }
+    Ok(())
+}
+
+fn bind_unix(dir: &std::path::Path, port: u16) -> io::Result<(UnixListener, PathBuf)> {
+    let path = dir.join(format!(".s.PGSQL.{port}"));
+    if path.exists() && std::os::unix::net::UnixStream::connect(&path).is_err() {
+        std::fs::remove_file(&path)?; // stale socket of a process that is gone
+    }
+    let listener = UnixListener::bind(&path).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("cannot listen on {}: {e}", path.display()),
+        )
+    })?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o777))?;
+    Ok((listener, path))
+}
+
+async fn accept_tcp(
+    listener: TcpListener,
+    ctx: Context,
+    admission: Arc<Semaphore>,
+    tasks: TaskTracker,
+) {
+    loop {
+        let accepted = tokio::select! {
+            _ = ctx.shutdown.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((socket, peer)) => {
+                let _ = socket.set_nodelay(true);
+                admit(Stream::Tcp(socket), Some(peer), &ctx, &admission, &tasks);
+            }
+            Err(err) => accept_failed(err).await,
+        }
+    }
+}
+
+async fn accept_unix(
+    listener: UnixListener,
+    ctx: Context,
+    admission: Arc<Semaphore>,
+    tasks: TaskTracker,
+) {
+    loop {
+        let accepted = tokio::select! {
+            _ = ctx.shutdown.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((socket, _)) => admit(Stream::Unix(socket), None, &ctx, &admission, &tasks),
+            Err(err) => accept_failed(err).await,
+        }
+    }
+}
+
+async fn accept_failed(err: io::Error) {
+    warn!(cause = %err, "failed to accept a connection");
+    tokio::time::sleep(ACCEPT_BACKOFF).await;
+}
+
+/// Starts a client task if `max_client_conn` allows; otherwise tells the client why not.
+/// The permit lives as long as the client task, so a slot frees exactly when it ends.
+fn admit(
+    mut stream: Stream,
+    peer: Option<SocketAddr>,
+    ctx: &Context,
+    admission: &Arc<Semaphore>,
+    tasks: &TaskTracker,
+) {
+    match admission.clone().try_acquire_owned() {
+        Ok(permit) => {
+            let ctx = ctx.clone();
+            tasks.spawn(async move {
+                client::serve(stream, peer, ctx).await;
+                drop(permit);
+            });
+        }
+        Err(_) => {
+            let max = ctx.config.max_client_conn;
+            warn!(peer = ?peer, max_client_conn = max, "client refused: max_client_conn reached");
+            tasks.spawn(async move {
+                let _ = stream
+                    .write_all(&PgError::too_many_clients(max).to_bytes())
+                    .await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    }
+}

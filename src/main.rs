@@ -1,0 +1,52 @@
+//! The `pgwarden` binary: parse flags, load the configuration, start logging, run.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+use pgwarden::cli::Cli;
+use pgwarden::{config, listener, shutdown};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match config::load(&cli) {
+        Ok(config) => config,
+        Err(errors) => {
+            eprintln!("pgwarden: invalid configuration:\n{errors}");
+            return ExitCode::from(2);
+        }
+    };
+    let filter = EnvFilter::try_new(&config.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .init();
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("pgwarden: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("pgwarden: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: config::Config) -> std::io::Result<()> {
+    let listeners = listener::bind(&config.listen).await?;
+    let token = CancellationToken::new();
+    tokio::spawn(shutdown::on_signals(token.clone()));
+    pgwarden::run(listeners, Arc::new(config), token).await
+}

@@ -1,0 +1,89 @@
+//! The checkout guard: a server on loan to one client, returned to its pool on release or drop.
+
+use std::ops::{Deref, DerefMut};
+
+use tracing::debug;
+
+use super::Pool;
+use crate::server::ServerConn;
+
+/// A server checked out of a pool. [`PooledServer::release`] resets a clean server and
+/// returns it; dropping the guard instead closes the server and frees its slot, so a server
+/// whose state is unknown can never reach another client.
+pub struct PooledServer {
+    server: Option<ServerConn>,
+    pool: Pool,
+}
+
+impl PooledServer {
+    pub(super) fn new(server: ServerConn, pool: Pool) -> Self {
+        PooledServer {
+            server: Some(server),
+            pool,
+        }
+    }
+
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// Returns the server to the pool after running the reset query, if the session left it
+    /// `clean` (idle, nothing in flight); otherwise closes it.
+    pub async fn release(mut self, clean: bool) {
+        let Some(mut server) = self.server.take() else {
+            return;
+        };
+        if !clean {
+            self.pool
+                .discard(server, "client left it mid-transaction or mid-request");
+            return;
+        }
+        let settings = self.pool.settings();
+        let reset = tokio::time::timeout(
+            settings.connect_timeout,
+            server.reset(&settings.reset_query),
+        )
+        .await;
+        match reset {
+            Ok(Ok(())) => self.pool.checkin(server),
+            Ok(Err(err)) => {
+                debug!(cause = %err, "reset failed");
+                self.pool.discard(server, "reset query failed");
+            }
+            Err(_) => self.pool.discard(server, "reset query timed out"),
+        }
+    }
+
+    /// Closes the server: it is broken or its state cannot be trusted.
+    pub fn close(mut self, reason: &str) {
+        if let Some(server) = self.server.take() {
+            self.pool.discard(server, reason);
+        }
+    }
+}
+
+impl Deref for PooledServer {
+    type Target = ServerConn;
+    fn deref(&self) -> &ServerConn {
+        // INVARIANT: `server` is Some until release/close/drop consume the guard.
+        self.server
+            .as_ref()
+            .expect("server present until the guard is consumed")
+    }
+}
+
+impl DerefMut for PooledServer {
+    fn deref_mut(&mut self) -> &mut ServerConn {
+        self.server
+            .as_mut()
+            .expect("server present until the guard is consumed")
+    }
+}
+
+impl Drop for PooledServer {
+    fn drop(&mut self) {
+        if let Some(server) = self.server.take() {
+            self.pool.discard(server, "dropped without release");
+        }
+    }
+}

@@ -1,0 +1,73 @@
+//! Per-pool housekeeping: close servers idle past `server_idle_timeout` or older than
+//! `server_lifetime`, and keep `min_pool_size` connections open.
+
+use std::time::{Duration, Instant};
+
+use tracing::{info, warn};
+
+use super::Pool;
+use crate::server;
+
+/// How often a pool looks after itself; the timeouts it enforces are coarser than this.
+const TICK: Duration = Duration::from_millis(500);
+
+pub(super) async fn run(pool: Pool) {
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = pool.0.closed.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        close_expired(&pool);
+        fill_to_minimum(&pool).await;
+    }
+}
+
+fn close_expired(pool: &Pool) {
+    let settings = &pool.0.settings;
+    let now = Instant::now();
+    let mut state = pool.state();
+    let mut keep = Vec::with_capacity(state.idle.len());
+    // Oldest-used first, so the servers closed for idleness are the longest idle.
+    let idle = std::mem::take(&mut state.idle);
+    let mut open = state.open;
+    for server in idle {
+        let idle_too_long = !settings.idle_timeout.is_zero()
+            && now.duration_since(server.last_used) >= settings.idle_timeout
+            && open > settings.min_size;
+        let reason = pool
+            .unusable(&server, now)
+            .or(idle_too_long.then_some("server_idle_timeout reached"));
+        match reason {
+            Some(reason) => {
+                open -= 1;
+                info!(pool = %pool.0.name, server_id = server.id, reason, "server closed");
+            }
+            None => keep.push(server),
+        }
+    }
+    state.open = open;
+    state.idle = keep;
+}
+
+async fn fill_to_minimum(pool: &Pool) {
+    let missing = {
+        let mut state = pool.state();
+        let missing = pool.0.settings.min_size.saturating_sub(state.open);
+        state.open += missing;
+        missing
+    };
+    for _ in 0..missing {
+        match server::connect(pool.0.target.clone(), pool.0.settings.connect_timeout).await {
+            Ok(server) => {
+                info!(pool = %pool.0.name, server_id = server.id, reason = "min_pool_size", "server connected");
+                pool.checkin(server);
+            }
+            Err(err) => {
+                warn!(pool = %pool.0.name, cause = %err, "could not open a server for min_pool_size");
+                pool.release_slot();
+            }
+        }
+    }
+}

@@ -1,0 +1,48 @@
+//! The PostgreSQL v3 wire protocol as pgwarden needs it: tags, header-only framing, startup
+//! classification, whole-message reads for the handshake, and the messages and errors
+//! pgwarden writes itself.
+
+pub mod errors;
+pub mod framing;
+pub mod io;
+pub mod messages;
+pub mod startup;
+pub mod tags;
+
+pub use errors::{sqlstate, PgError};
+
+/// The transaction status a backend reports in ReadyForQuery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransactionStatus {
+    /// `I`: not in a transaction block.
+    Idle,
+    /// `T`: in a transaction block.
+    InTransaction,
+    /// `E`: in a failed transaction block (queries rejected until it ends).
+    Failed,
+}
+
+impl TransactionStatus {
+    /// Reads the status byte of a ReadyForQuery body.
+    pub fn from_body(body: &[u8]) -> Option<Self> {
+        match body.first()? {
+            b'I' => Some(TransactionStatus::Idle),
+            b'T' => Some(TransactionStatus::InTransaction),
+            b'E' => Some(TransactionStatus::Failed),
+            _ => None,
+        }
+    }
+}
+
+/// Appends a NUL-terminated string.
+pub fn put_cstr(buf: &mut bytes::BytesMut, s: &str) {
+    use bytes::BufMut;
+    buf.put_slice(s.as_bytes());
+    buf.put_u8(0);
+}
+
+/// Reads NUL-terminated strings out of a body.
+pub fn cstrings(body: &[u8]) -> impl Iterator<Item = &str> {
+    body.split(|b| *b == 0)
+        .filter_map(|s| std::str::from_utf8(s).ok())
+}

@@ -1,0 +1,120 @@
+//! Classification of the first packet a client sends (startup, SSL/GSS request, cancel).
+
+use pgwire::messages::startup::Startup;
+use pgwire::messages::{DecodeContext, Message};
+
+use super::tags::startup_code;
+
+/// Largest startup-phase packet accepted, as in Postgres (`MAX_STARTUP_PACKET_LENGTH`).
+pub const MAX_STARTUP_PACKET: usize = 10_000;
+
+/// What a client's untagged first packet asks for.
+#[derive(Debug, PartialEq, Eq)]
+pub enum StartupPacket {
+    SslRequest,
+    GssEncRequest,
+    Cancel {
+        pid: i32,
+        secret: i32,
+    },
+    /// Protocol 3.x. `minor` above 0 is answered with NegotiateProtocolVersion.
+    Startup {
+        minor: u16,
+        params: Vec<(String, String)>,
+    },
+    /// Any other protocol major version.
+    Unsupported {
+        major: u16,
+        minor: u16,
+    },
+}
+
+/// Classifies a complete startup packet (`packet` includes its 4-byte length).
+pub fn classify(packet: &[u8]) -> Result<StartupPacket, &'static str> {
+    if packet.len() < 8 {
+        return Err("startup packet too short");
+    }
+    let code = i32::from_be_bytes([packet[4], packet[5], packet[6], packet[7]]);
+    let body = &packet[8..];
+    match code {
+        startup_code::SSL_REQUEST => Ok(StartupPacket::SslRequest),
+        startup_code::GSSENC_REQUEST => Ok(StartupPacket::GssEncRequest),
+        startup_code::CANCEL_REQUEST => {
+            if body.len() < 8 {
+                return Err("cancel request too short");
+            }
+            let pid = i32::from_be_bytes([body[0], body[1], body[2], body[3]]);
+            let secret = i32::from_be_bytes([body[4], body[5], body[6], body[7]]);
+            Ok(StartupPacket::Cancel { pid, secret })
+        }
+        _ => {
+            let (major, minor) = ((code >> 16) as u16, (code & 0xffff) as u16);
+            if major != 3 {
+                return Ok(StartupPacket::Unsupported { major, minor });
+            }
+            decode_params(packet).map(|params| StartupPacket::Startup { minor, params })
+        }
+    }
+}
+
+fn decode_params(packet: &[u8]) -> Result<Vec<(String, String)>, &'static str> {
+    if packet.last() != Some(&0) {
+        return Err("startup packet is not terminated");
+    }
+    let mut buf = bytes::BytesMut::from(&packet[4..]);
+    let startup = Startup::decode_body(&mut buf, packet.len(), &DecodeContext::default())
+        .map_err(|_| "invalid startup packet layout")?;
+    Ok(startup.parameters.into_iter().collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn packet(code: i32, body: &[u8]) -> Vec<u8> {
+        let mut v = ((body.len() + 8) as u32).to_be_bytes().to_vec();
+        v.extend_from_slice(&code.to_be_bytes());
+        v.extend_from_slice(body);
+        v
+    }
+
+    #[test]
+    fn classifies_each_kind() {
+        assert_eq!(
+            classify(&packet(80_877_103, b"")),
+            Ok(StartupPacket::SslRequest)
+        );
+        assert_eq!(
+            classify(&packet(80_877_104, b"")),
+            Ok(StartupPacket::GssEncRequest)
+        );
+        let mut key = 7i32.to_be_bytes().to_vec();
+        key.extend_from_slice(&(-9i32).to_be_bytes());
+        assert_eq!(
+            classify(&packet(80_877_102, &key)),
+            Ok(StartupPacket::Cancel { pid: 7, secret: -9 })
+        );
+        assert_eq!(
+            classify(&packet(2 << 16, b"")),
+            Ok(StartupPacket::Unsupported { major: 2, minor: 0 })
+        );
+        let params = classify(&packet(196_609, b"user\0alice\0database\0db\0\0")).unwrap();
+        assert_eq!(
+            params,
+            StartupPacket::Startup {
+                minor: 1,
+                params: vec![
+                    ("database".into(), "db".into()),
+                    ("user".into(), "alice".into())
+                ]
+            }
+        );
+    }
+
+    #[test]
+    fn malformed_packets_are_errors_not_panics() {
+        assert!(classify(&[0, 0, 0, 4]).is_err());
+        assert!(classify(&packet(196_608, b"user\0al")).is_err());
+        assert!(classify(&packet(80_877_102, b"\0\0")).is_err());
+    }
+}

@@ -1,0 +1,154 @@
+//! One backend connection: connecting and logging in ([`login`]), the session parameters it
+//! carries ([`params`]), and the small request/response exchanges pgwarden runs on it itself
+//! (parameter sync, reset). The relay moves a client's bytes over it without going through here.
+
+pub mod login;
+pub mod params;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use thiserror::Error;
+use tokio::io::AsyncWriteExt;
+
+use crate::protocol::errors::parse_error_fields;
+use crate::protocol::io::{read_message, ReadError};
+use crate::protocol::tags::backend;
+use crate::protocol::{messages, sqlstate, PgError, TransactionStatus};
+use crate::stream::Stream;
+
+pub use login::{connect, Credential, ServerTarget};
+
+/// Largest message accepted whole from a server during pgwarden's own exchanges.
+const MAX_SERVER_MESSAGE: u32 = 64 * 1024 * 1024;
+
+static NEXT_SERVER_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Why a backend connection failed or was given up.
+#[derive(Debug, Error)]
+pub enum ServerError {
+    #[error("could not connect to server {addr}: {source}")]
+    Connect {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("timed out connecting to server {addr} (server_connect_timeout = {timeout:?})")]
+    ConnectTimeout { addr: String, timeout: Duration },
+    #[error("server refused login: {message} (SQLSTATE {code})")]
+    Refused { code: String, message: String },
+    #[error("cannot log in to server as \"{user}\": {reason}")]
+    Auth { user: String, reason: String },
+    #[error("server sent an unexpected message {0:?}")]
+    Unexpected(char),
+    #[error("server error {code}: {message}")]
+    Query { code: String, message: String },
+    #[error("server connection lost: {0}")]
+    Read(#[from] ReadError),
+    #[error("server connection lost: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl ServerError {
+    /// The error a client sees when its login or session fails because of the server.
+    pub fn to_client_error(&self) -> PgError {
+        match self {
+            ServerError::Refused { code, message } | ServerError::Query { code, message } => {
+                PgError::fatal(code.clone(), message.clone())
+            }
+            ServerError::Auth { .. } => {
+                PgError::fatal(sqlstate::INVALID_AUTHORIZATION, self.to_string())
+            }
+            _ => PgError::fatal(sqlstate::SQLCLIENT_UNABLE_TO_ESTABLISH, self.to_string()),
+        }
+    }
+}
+
+/// The key a CancelRequest for this backend must carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackendKey {
+    pub pid: i32,
+    pub secret: i32,
+}
+
+/// A logged-in backend connection, idle (at ReadyForQuery `I`) whenever pgwarden holds it.
+#[derive(Debug)]
+pub struct ServerConn {
+    pub stream: Stream,
+    /// Bytes read but not yet forwarded; empty whenever the server is idle.
+    pub buf: BytesMut,
+    pub id: u64,
+    pub key: BackendKey,
+    /// Where cancel requests for this backend go (`host:port` or a socket path).
+    pub target: std::sync::Arc<ServerTarget>,
+    pub params: params::ServerParams,
+    pub created: Instant,
+    pub last_used: Instant,
+}
+
+impl ServerConn {
+    fn new(stream: Stream, target: std::sync::Arc<ServerTarget>) -> Self {
+        let now = Instant::now();
+        ServerConn {
+            stream,
+            buf: BytesMut::new(),
+            id: NEXT_SERVER_ID.fetch_add(1, Ordering::Relaxed),
+            key: BackendKey { pid: 0, secret: 0 },
+            target,
+            params: params::ServerParams::default(),
+            created: now,
+            last_used: now,
+        }
+    }
+
+    /// Runs a simple-protocol query whose results pgwarden does not need, up to ReadyForQuery.
+    /// ParameterStatus updates are recorded; an ErrorResponse becomes `ServerError::Query`.
+    pub async fn exec(&mut self, sql: &str) -> Result<(), ServerError> {
+        let mut out = BytesMut::new();
+        messages::query(sql, &mut out);
+        self.stream.write_all(&out).await?;
+        let mut failure = None;
+        loop {
+            let msg = read_message(&mut self.stream, &mut self.buf, MAX_SERVER_MESSAGE).await?;
+            match msg.tag {
+                backend::PARAMETER_STATUS => self.params.record_status(&msg.body),
+                backend::ERROR_RESPONSE => {
+                    let (code, message) = parse_error_fields(&msg.body);
+                    failure = Some(ServerError::Query { code, message });
+                }
+                backend::READY_FOR_QUERY => {
+                    if let Some(err) = failure {
+                        return Err(err);
+                    }
+                    return match TransactionStatus::from_body(&msg.body) {
+                        Some(TransactionStatus::Idle) => Ok(()),
+                        _ => Err(ServerError::Unexpected('Z')),
+                    };
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Brings the server back to a fresh session with `reset_query` (e.g. `DISCARD ALL`).
+    pub async fn reset(&mut self, reset_query: &str) -> Result<(), ServerError> {
+        if !reset_query.is_empty() {
+            self.exec(reset_query).await?;
+        }
+        self.params.after_reset();
+        Ok(())
+    }
+
+    /// Sends Terminate so the backend exits cleanly; errors are irrelevant at this point.
+    pub async fn terminate(mut self) {
+        let mut out = BytesMut::new();
+        messages::terminate(&mut out);
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.stream.write_all(&out)).await;
+    }
+
+    /// Parameter values reported by the server, as sent to a client at login.
+    pub fn reported(&self) -> &BTreeMap<String, String> {
+        self.params.reported()
+    }
+}
