@@ -1,21 +1,20 @@
 //! Builds the validated [`Config`] from defaults, the file and the flags, reporting every
 //! problem at once, each under the TOML key it belongs to (`databases.app.port: …`).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::auth::secret::Secret;
-use crate::auth::userlist;
 use crate::cli::Cli;
 use crate::config::duration;
-use crate::config::file::{defaults, FileConfig, FileDatabase, FileUser, WILDCARD};
-use crate::config::{AuthType, Config, Database, User};
+use crate::config::file::{defaults, FileConfig, FileDatabase, WILDCARD};
+use crate::config::{Config, Database};
 
 mod addr;
 #[cfg(test)]
 mod tests;
+mod users;
 
 use addr::Upstream;
 
@@ -115,85 +114,55 @@ fn syntax_error(text: &str, cli: &Cli, error: &toml::de::Error) -> ConfigErrors 
     ConfigError::new(format!("{file}:{line}:{column}"), error.message().trim()).into()
 }
 
-/// Checks the merged settings and builds the [`Config`], or lists everything wrong with them.
+/// Checks the merged settings and builds the [`Config`], or lists everything wrong with them:
+/// top-level settings first, then routes, then users.
 fn validate(merged: FileConfig) -> Result<Config, ConfigErrors> {
     let mut check = Checker::default();
-    let listen = check.listen(merged.listen.as_deref().unwrap_or(defaults::LISTEN));
-    if let Some(dir) = &merged.unix_socket_dir {
-        if dir.as_os_str().is_empty() {
-            check.error("unix_socket_dir", "empty; leave it out for no Unix socket");
-        }
-    }
-    let pool_size = check.pool_size("pool_size", merged.pool_size, defaults::POOL_SIZE);
-    let min_pool_size = merged.min_pool_size.unwrap_or(defaults::MIN_POOL_SIZE);
-    check.min_pool_size("min_pool_size", min_pool_size, pool_size);
-    let max_client_conn = merged.max_client_conn.unwrap_or(defaults::MAX_CLIENT_CONN);
-    check.at_least("max_client_conn", max_client_conn, 1);
-    let max_packet_size = merged.max_packet_size.unwrap_or(defaults::MAX_PACKET_SIZE);
-    check.at_least("max_packet_size", max_packet_size, MIN_MAX_PACKET_SIZE);
-    let server_connect_timeout = check.duration(
-        "server_connect_timeout",
-        &merged.server_connect_timeout,
-        defaults::SERVER_CONNECT_TIMEOUT,
-    );
-    if server_connect_timeout.is_zero() {
-        check.error("server_connect_timeout", "must be more than 0");
-    }
-    let auth_type = merged.auth_type.unwrap_or(defaults::AUTH_TYPE);
+    let mut config = top_level(&mut check, &merged);
     let upstream = merged
         .upstream
         .as_deref()
         .and_then(|url| check.upstream(url));
-    let (databases, mut wildcard) = check.databases(&merged, pool_size);
-    let users = check.users(&merged, upstream.as_ref(), auth_type);
+    (config.databases, config.wildcard) = check.databases(&merged, config.pool_size);
+    config.users = check.users(&merged, upstream.as_ref(), config.auth_type);
     if let Some(upstream) = upstream {
-        wildcard = Some(upstream.route);
+        config.wildcard = Some(upstream.route);
+    }
+    check.finish(config)
+}
+
+/// The top-level settings, with defaults for those not given; no routes or users yet.
+fn top_level(check: &mut Checker, merged: &FileConfig) -> Config {
+    /// A duration key: parsed from the merged text, or its default from `defaults`.
+    macro_rules! duration {
+        ($key:ident, $default:ident) => {
+            check.duration(stringify!($key), &merged.$key, defaults::$default)
+        };
     }
     let config = Config {
-        listen,
+        listen: check.listen(merged.listen.as_deref().unwrap_or(defaults::LISTEN)),
         unix_socket_dir: merged.unix_socket_dir.clone(),
-        auth_type,
-        users,
-        databases,
-        wildcard,
+        auth_type: merged.auth_type.unwrap_or(defaults::AUTH_TYPE),
+        users: HashMap::new(),
+        databases: HashMap::new(),
+        wildcard: None,
         pool_mode: merged.pool_mode.unwrap_or(defaults::POOL_MODE),
-        pool_size,
-        min_pool_size,
-        max_client_conn,
-        server_reset_query: merged
-            .server_reset_query
-            .clone()
+        pool_size: merged.pool_size.unwrap_or(defaults::POOL_SIZE),
+        min_pool_size: merged.min_pool_size.unwrap_or(defaults::MIN_POOL_SIZE),
+        max_client_conn: merged.max_client_conn.unwrap_or(defaults::MAX_CLIENT_CONN),
+        server_reset_query: (merged.server_reset_query.clone())
             .unwrap_or_else(|| defaults::SERVER_RESET_QUERY.to_owned()),
-        server_idle_timeout: check.duration(
-            "server_idle_timeout",
-            &merged.server_idle_timeout,
-            defaults::SERVER_IDLE_TIMEOUT,
-        ),
-        server_lifetime: check.duration(
-            "server_lifetime",
-            &merged.server_lifetime,
-            defaults::SERVER_LIFETIME,
-        ),
-        server_connect_timeout,
-        query_wait_timeout: check.duration(
-            "query_wait_timeout",
-            &merged.query_wait_timeout,
-            defaults::QUERY_WAIT_TIMEOUT,
-        ),
-        client_login_timeout: check.duration(
-            "client_login_timeout",
-            &merged.client_login_timeout,
-            defaults::CLIENT_LOGIN_TIMEOUT,
-        ),
-        shutdown_timeout: check.duration(
-            "shutdown_timeout",
-            &merged.shutdown_timeout,
-            defaults::SHUTDOWN_TIMEOUT,
-        ),
-        max_packet_size,
+        server_idle_timeout: duration!(server_idle_timeout, SERVER_IDLE_TIMEOUT),
+        server_lifetime: duration!(server_lifetime, SERVER_LIFETIME),
+        server_connect_timeout: duration!(server_connect_timeout, SERVER_CONNECT_TIMEOUT),
+        query_wait_timeout: duration!(query_wait_timeout, QUERY_WAIT_TIMEOUT),
+        client_login_timeout: duration!(client_login_timeout, CLIENT_LOGIN_TIMEOUT),
+        shutdown_timeout: duration!(shutdown_timeout, SHUTDOWN_TIMEOUT),
+        max_packet_size: merged.max_packet_size.unwrap_or(defaults::MAX_PACKET_SIZE),
         log_level: check.log_level(merged.log_level.as_deref().unwrap_or(defaults::LOG_LEVEL)),
     };
-    check.finish(config)
+    check.limits(&config);
+    config
 }
 
 /// Collects problems while the checks go on; each check returns a usable value regardless.
@@ -214,16 +183,28 @@ impl Checker {
         }
     }
 
+    /// The top-level ranges and relations, checked on the values in force.
+    fn limits(&mut self, config: &Config) {
+        if (config.unix_socket_dir.as_ref()).is_some_and(|dir| dir.as_os_str().is_empty()) {
+            self.error("unix_socket_dir", "empty; leave it out for no Unix socket");
+        }
+        self.at_least("pool_size", config.pool_size, 1);
+        self.min_pool_size("min_pool_size", config.min_pool_size, config.pool_size);
+        self.at_least("max_client_conn", config.max_client_conn, 1);
+        if config.server_connect_timeout.is_zero() {
+            self.error("server_connect_timeout", "must be more than 0");
+        }
+        self.at_least(
+            "max_packet_size",
+            config.max_packet_size,
+            MIN_MAX_PACKET_SIZE,
+        );
+    }
+
     fn at_least<T: PartialOrd + fmt::Display>(&mut self, key: &str, value: T, min: T) {
         if value < min {
             self.error(key, format!("must be at least {min}, not {value}"));
         }
-    }
-
-    fn pool_size(&mut self, key: &str, value: Option<usize>, default: usize) -> usize {
-        let size = value.unwrap_or(default);
-        self.at_least(key, size, 1);
-        size
     }
 
     fn min_pool_size(&mut self, key: &str, min: usize, pool_size: usize) {
@@ -348,93 +329,6 @@ impl Checker {
             pool_mode: entry.pool_mode,
         }
     }
-
-    /// `[users]`, then `auth_file` (its passwords win), then the upstream URL's user (a flag
-    /// or the file's `upstream`, which wins over both). Every user needs a password unless
-    /// `auth_type = "trust"`.
-    fn users(
-        &mut self,
-        merged: &FileConfig,
-        upstream: Option<&Upstream>,
-        auth_type: AuthType,
-    ) -> HashMap<String, User> {
-        let mut users = self.file_users(&merged.users);
-        if let Some(path) = &merged.auth_file {
-            for (name, password) in self.auth_file(path) {
-                match Secret::parse(&password) {
-                    Ok(secret) => user_entry(&mut users, name).secret = Some(secret),
-                    Err(e) => self.error("auth_file", format!("user {name:?}: {e}")),
-                }
-            }
-        }
-        if let Some((name, password)) = upstream.and_then(|u| u.user.clone()) {
-            let user = user_entry(&mut users, name);
-            if let Some(password) = password {
-                user.secret = Some(Secret::Plain(password));
-            }
-        }
-        if auth_type != AuthType::Trust {
-            let mut missing: Vec<&String> = users
-                .iter()
-                .filter(|(_, u)| u.secret.is_none())
-                .map(|(n, _)| n)
-                .collect();
-            missing.sort();
-            for name in missing {
-                let reason = "missing: set it here, in auth_file or in the upstream URL \
-                              (only auth_type = \"trust\" needs none)";
-                self.errors.push(ConfigError::new(
-                    table_key("users", name, "password"),
-                    reason,
-                ));
-            }
-        }
-        users
-    }
-
-    fn file_users(&mut self, entries: &BTreeMap<String, FileUser>) -> HashMap<String, User> {
-        let mut users = HashMap::new();
-        for (name, entry) in entries {
-            let key = |field: &str| table_key("users", name, field);
-            if name.is_empty() {
-                self.error(key(""), "a user name must not be empty");
-            }
-            if let Some(size) = entry.pool_size {
-                self.at_least(&key("pool_size"), size, 1);
-            }
-            let secret = entry.password.as_deref().and_then(|password| {
-                Secret::parse(password)
-                    .map_err(|e| self.error(key("password"), e.to_string()))
-                    .ok()
-            });
-            let user = User {
-                secret,
-                pool_size: entry.pool_size,
-                pool_mode: entry.pool_mode,
-            };
-            users.insert(name.clone(), user);
-        }
-        users
-    }
-
-    fn auth_file(&mut self, path: &Path) -> Vec<(String, String)> {
-        let parsed = match std::fs::read_to_string(path) {
-            Ok(text) => userlist::parse(&text).map_err(|e| e.to_string()),
-            Err(e) => Err(format!("cannot read it: {e}")),
-        };
-        parsed.unwrap_or_else(|reason| {
-            self.error("auth_file", format!("{}: {reason}", path.display()));
-            Vec::new()
-        })
-    }
-}
-
-fn user_entry(users: &mut HashMap<String, User>, name: String) -> &mut User {
-    users.entry(name).or_insert(User {
-        secret: None,
-        pool_size: None,
-        pool_mode: None,
-    })
 }
 
 /// `table.name.field` with `name` quoted as TOML would need it (`databases."*".port`);

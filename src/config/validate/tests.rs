@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use super::*;
+use crate::auth::secret::Secret;
 use crate::config::PoolMode;
 
 const ROUTE: &str = "[databases.\"*\"]\n";
@@ -58,7 +59,7 @@ fn every_problem_is_reported_together_by_key() {
         errors_of("pool_size = 0\nquery_wait_timeout = \"soon\"\n[databases.app]\nport = 0\n");
     assert_eq!(
         keys(&errors),
-        ["pool_size", "query_wait_timeout", "databases.app.port"]
+        ["query_wait_timeout", "pool_size", "databases.app.port"]
     );
     let shown = errors.to_string();
     assert_eq!(shown.lines().count(), 3, "{shown}");
@@ -79,8 +80,8 @@ fn limits_and_relations() {
     let expected = [
         "min_pool_size",
         "max_client_conn",
-        "max_packet_size",
         "server_connect_timeout",
+        "max_packet_size",
         "databases.app.host",
         "databases.app.dbname",
         "databases.app.min_pool_size",
@@ -128,7 +129,7 @@ fn bad_flag_values_are_reported_with_the_file_problems_by_key() {
     let errors = from_sources(Some("max_client_conn = 0\n"), &cli).unwrap_err();
     assert_eq!(
         keys(&errors),
-        ["listen", "max_client_conn", "upstream", "shutdown_timeout"]
+        ["listen", "shutdown_timeout", "max_client_conn", "upstream"]
     );
 }
 
