@@ -12,9 +12,19 @@ use clap::Parser;
 
 use crate::config::{AuthType, PoolMode};
 
+// `--help` sections, in the order of config/pgwarden.toml.
+const CLIENTS: &str = "Clients";
+const AUTHENTICATION: &str = "Authentication";
+const POOLING: &str = "Pooling";
+const SERVERS: &str = "Server connections";
+const PROCESS: &str = "Process";
+
 /// Settings given on the command line or in the environment; `None` means "not given".
+///
+/// The field docs are the `--help` text, written for a terminal rather than for rustdoc.
+#[allow(rustdoc::broken_intra_doc_links, rustdoc::invalid_html_tags)]
 #[derive(Parser, Debug, Default, Clone)]
-#[command(version, about)]
+#[command(version, about, long_about = None)]
 pub struct Cli {
     /// Read settings from this TOML file (see config/pgwarden.toml); flags and PGWARDEN_*
     /// variables override it.
@@ -35,74 +45,91 @@ pub struct Cli {
     /// Addresses to accept clients on, comma-separated; IPv6 in brackets ([::1]:6432).
     /// Default: 127.0.0.1:6432.
     #[arg(long, env = "PGWARDEN_LISTEN", value_name = "HOST:PORT[,...]")]
+    #[arg(help_heading = CLIENTS)]
     pub listen: Option<String>,
 
     /// Also accept clients on a Unix socket in this directory (.s.PGSQL.<port of the first
     /// listen address>). Default: none.
     #[arg(long, env = "PGWARDEN_UNIX_SOCKET_DIR", value_name = "DIR")]
+    #[arg(help_heading = CLIENTS)]
     pub unix_socket_dir: Option<PathBuf>,
+
+    /// Most client connections accepted in total. Default: 1000.
+    #[arg(long, env = "PGWARDEN_MAX_CLIENT_CONN", value_name = "N")]
+    #[arg(help_heading = CLIENTS)]
+    pub max_client_conn: Option<usize>,
+
+    /// How long a client may take to log in (0: forever). Default: 1m.
+    #[arg(long, env = "PGWARDEN_CLIENT_LOGIN_TIMEOUT", value_name = "DURATION")]
+    #[arg(help_heading = CLIENTS)]
+    pub client_login_timeout: Option<String>,
+
+    /// Largest protocol message read whole, in bytes (at least 1024).
+    /// Default: 1073741824 (1 GiB).
+    #[arg(long, env = "PGWARDEN_MAX_PACKET_SIZE", value_name = "BYTES")]
+    #[arg(help_heading = CLIENTS)]
+    pub max_packet_size: Option<u32>,
 
     /// How clients prove who they are. Default: scram-sha-256.
     #[arg(long, env = "PGWARDEN_AUTH_TYPE", value_name = "TYPE")]
+    #[arg(help_heading = AUTHENTICATION)]
     pub auth_type: Option<AuthType>,
 
     /// A PgBouncer userlist.txt ("user" "password" per line) adding to the file's [users];
     /// its passwords win. Default: none.
     #[arg(long, env = "PGWARDEN_AUTH_FILE", value_name = "FILE")]
+    #[arg(help_heading = AUTHENTICATION)]
     pub auth_file: Option<PathBuf>,
 
     /// When a client's server goes back to the pool. Default: session.
     #[arg(long, env = "PGWARDEN_POOL_MODE", value_name = "MODE")]
+    #[arg(help_heading = POOLING)]
     pub pool_mode: Option<PoolMode>,
 
     /// Most server connections per (database, user) pool. Default: 20.
     #[arg(long, env = "PGWARDEN_POOL_SIZE", value_name = "N")]
+    #[arg(help_heading = POOLING)]
     pub pool_size: Option<usize>,
 
     /// Server connections each pool keeps open even when idle. Default: 0.
     #[arg(long, env = "PGWARDEN_MIN_POOL_SIZE", value_name = "N")]
+    #[arg(help_heading = POOLING)]
     pub min_pool_size: Option<usize>,
 
-    /// Most client connections accepted in total. Default: 1000.
-    #[arg(long, env = "PGWARDEN_MAX_CLIENT_CONN", value_name = "N")]
-    pub max_client_conn: Option<usize>,
+    /// How long a client waits for a server before an error (0: forever). Default: 2m.
+    #[arg(long, env = "PGWARDEN_QUERY_WAIT_TIMEOUT", value_name = "DURATION")]
+    #[arg(help_heading = POOLING)]
+    pub query_wait_timeout: Option<String>,
 
     /// Run on a server before another client gets it; empty for none. Default: DISCARD ALL.
     #[arg(long, env = "PGWARDEN_SERVER_RESET_QUERY", value_name = "SQL")]
+    #[arg(help_heading = POOLING)]
     pub server_reset_query: Option<String>,
+
+    /// Give up connecting to a server after this long. Default: 15s.
+    #[arg(long, env = "PGWARDEN_SERVER_CONNECT_TIMEOUT", value_name = "DURATION")]
+    #[arg(help_heading = SERVERS)]
+    pub server_connect_timeout: Option<String>,
 
     /// Close servers idle this long (0: never). Default: 10m.
     #[arg(long, env = "PGWARDEN_SERVER_IDLE_TIMEOUT", value_name = "DURATION")]
+    #[arg(help_heading = SERVERS)]
     pub server_idle_timeout: Option<String>,
 
     /// Close servers this old when next idle (0: never). Default: 1h.
     #[arg(long, env = "PGWARDEN_SERVER_LIFETIME", value_name = "DURATION")]
+    #[arg(help_heading = SERVERS)]
     pub server_lifetime: Option<String>,
-
-    /// Give up connecting to a server after this long. Default: 15s.
-    #[arg(long, env = "PGWARDEN_SERVER_CONNECT_TIMEOUT", value_name = "DURATION")]
-    pub server_connect_timeout: Option<String>,
-
-    /// How long a client waits for a server before an error (0: forever). Default: 2m.
-    #[arg(long, env = "PGWARDEN_QUERY_WAIT_TIMEOUT", value_name = "DURATION")]
-    pub query_wait_timeout: Option<String>,
-
-    /// How long a client may take to log in (0: forever). Default: 1m.
-    #[arg(long, env = "PGWARDEN_CLIENT_LOGIN_TIMEOUT", value_name = "DURATION")]
-    pub client_login_timeout: Option<String>,
 
     /// How long shutdown waits for running transactions. Default: 30s.
     #[arg(long, env = "PGWARDEN_SHUTDOWN_TIMEOUT", value_name = "DURATION")]
+    #[arg(help_heading = PROCESS)]
     pub shutdown_timeout: Option<String>,
-
-    /// Largest protocol message read whole, in bytes (at least 1024).
-    /// Default: 1073741824 (1 GiB).
-    #[arg(long, env = "PGWARDEN_MAX_PACKET_SIZE", value_name = "BYTES")]
-    pub max_packet_size: Option<u32>,
 
     /// error, warn, info, debug or trace, or tracing directives (info,pgwarden=debug).
     /// Default: info.
     #[arg(long, env = "PGWARDEN_LOG_LEVEL", value_name = "LEVEL")]
+    #[arg(help_heading = PROCESS)]
     pub log_level: Option<String>,
 }
 
@@ -117,6 +144,8 @@ mod tests {
     #[test]
     fn clap_definition_is_consistent() {
         Cli::command().debug_assert();
+        // The struct's doc comment is for rustdoc; --help shows the crate description.
+        assert!(Cli::command().get_long_about().is_none());
     }
 
     #[test]

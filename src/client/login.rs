@@ -24,6 +24,8 @@ const INVALID_PARAMETER_VALUE: &str = "22023";
 pub struct Session {
     pub server: PooledServer,
     pub cancel: CancelHandle,
+    /// The session settings the client asked for, applied to every server it gets.
+    pub wanted: Vec<(String, String)>,
 }
 
 pub async fn login(
@@ -67,7 +69,11 @@ pub async fn login(
         key: server.key,
     }));
     stream.write_all(&login_ok(&server, &cancel)).await?;
-    Ok(Session { server, cancel })
+    Ok(Session {
+        server,
+        cancel,
+        wanted,
+    })
 }
 
 /// The route for a client-visible database name: a named entry, else the wildcard.

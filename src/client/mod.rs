@@ -4,7 +4,9 @@
 
 mod handshake;
 mod login;
+mod pump;
 mod relay;
+mod transaction;
 
 use std::net::SocketAddr;
 

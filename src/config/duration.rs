@@ -4,11 +4,11 @@
 use std::time::Duration;
 
 /// What a duration must look like; every duration error ends with it.
-pub const EXPECTED: &str = "expected seconds (30) or a number with a unit (500ms, 2s, 5m, 1h)";
+pub const HINT: &str = "use seconds (30) or a number with a unit (500ms, 2s, 5m, 1h)";
 
 /// A duration that does not parse, with the text as written.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid duration {text:?}: {cause}; {EXPECTED}")]
+#[error("invalid duration {text:?} ({cause}); {HINT}")]
 pub struct DurationError {
     pub text: String,
     pub cause: String,
@@ -72,7 +72,7 @@ mod tests {
             let err = parse(bad).expect_err(bad);
             let shown = err.to_string();
             assert!(shown.contains(&format!("{bad:?}")), "{shown}");
-            assert!(shown.ends_with(EXPECTED), "{shown}");
+            assert!(shown.ends_with(HINT), "{shown}");
         }
     }
 

@@ -11,6 +11,7 @@ pub mod duration;
 pub mod file;
 pub mod validate;
 
+pub use validate::{from_sources, from_toml};
 pub use validate::{load, ConfigError, ConfigErrors};
 
 /// When a client's server goes back to the pool.

@@ -54,6 +54,14 @@ impl PooledServer {
         }
     }
 
+    /// Returns an idle server as it is, without a reset: transaction pooling, where the
+    /// next client's settings are applied on checkout.
+    pub fn checkin_idle(mut self) {
+        if let Some(server) = self.server.take() {
+            self.pool.checkin(server);
+        }
+    }
+
     /// Closes the server: it is broken or its state cannot be trusted.
     pub fn close(mut self, reason: &str) {
         if let Some(server) = self.server.take() {

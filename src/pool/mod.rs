@@ -10,6 +10,7 @@ mod guard;
 mod maintenance;
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -89,6 +90,8 @@ struct PoolShared {
     settings: PoolSettings,
     state: Mutex<PoolState>,
     closed: CancellationToken,
+    /// Clients pinned to their server (transaction mode, unmovable session state).
+    pinned: AtomicUsize,
 }
 
 /// A cheap-clone handle to one (database, user) pool.
@@ -108,6 +111,7 @@ impl Pool {
             settings,
             state: Mutex::new(PoolState::default()),
             closed,
+            pinned: AtomicUsize::new(0),
         }));
         tokio::spawn(maintenance::run(pool.clone()));
         pool
@@ -133,6 +137,16 @@ impl Pool {
     pub fn counts(&self) -> (usize, usize, usize) {
         let state = self.state();
         (state.open, state.idle.len(), state.waiters.len())
+    }
+
+    /// Counts a client as pinned for as long as the returned guard lives.
+    pub fn pin(&self) -> PinGuard {
+        self.0.pinned.fetch_add(1, Ordering::Relaxed);
+        PinGuard(self.clone())
+    }
+
+    pub fn pinned_clients(&self) -> usize {
+        self.0.pinned.load(Ordering::Relaxed)
     }
 
     /// Gets a server: an idle one, a new one if under `pool_size`, or the next one freed,
@@ -263,6 +277,15 @@ impl Pool {
         info!(pool = %self.0.name, server_id = server.id, reason, "server closed");
         drop(server);
         self.release_slot();
+    }
+}
+
+/// A pinned client's mark on its pool; dropped when the client leaves.
+pub struct PinGuard(Pool);
+
+impl Drop for PinGuard {
+    fn drop(&mut self) {
+        self.0 .0.pinned.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -6,6 +6,7 @@ pub mod errors;
 pub mod framing;
 pub mod io;
 pub mod messages;
+pub mod sql;
 pub mod startup;
 pub mod tags;
 

@@ -131,6 +131,45 @@ impl ServerConn {
         }
     }
 
+    /// Runs a query and returns its rows as text (NULL as `None`).
+    pub async fn query_rows(&mut self, sql: &str) -> Result<Vec<Vec<Option<String>>>, ServerError> {
+        let mut out = BytesMut::new();
+        messages::query(sql, &mut out);
+        self.stream.write_all(&out).await?;
+        let (mut rows, mut failure) = (Vec::new(), None);
+        loop {
+            let msg = read_message(&mut self.stream, &mut self.buf, MAX_SERVER_MESSAGE).await?;
+            match msg.tag {
+                backend::DATA_ROW => {
+                    rows.push(data_row(&msg.body).ok_or(ServerError::Unexpected('D'))?)
+                }
+                backend::PARAMETER_STATUS => self.params.record_status(&msg.body),
+                backend::ERROR_RESPONSE => {
+                    let (code, message) = parse_error_fields(&msg.body);
+                    failure = Some(ServerError::Query { code, message });
+                }
+                backend::READY_FOR_QUERY => return failure.map_or(Ok(rows), Err),
+                _ => {}
+            }
+        }
+    }
+
+    /// The session-level settings in effect (what SET, RESET and set_config left), read
+    /// back from the server so they can follow the client to another server.
+    pub async fn session_settings(&mut self) -> Result<Vec<(String, String)>, ServerError> {
+        let rows = self
+            .query_rows("SELECT name, pg_catalog.current_setting(name) FROM pg_catalog.pg_settings WHERE source = 'session'")
+            .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|mut row| {
+                let value = row.pop()??;
+                let name = row.pop()??;
+                Some((name, value))
+            })
+            .collect())
+    }
+
     /// Brings the server back to a fresh session with `reset_query` (e.g. `DISCARD ALL`).
     pub async fn reset(&mut self, reset_query: &str) -> Result<(), ServerError> {
         if !reset_query.is_empty() {
@@ -138,6 +177,11 @@ impl ServerConn {
         }
         self.params.after_reset();
         Ok(())
+    }
+
+    /// Records a ParameterStatus the server sent while relaying to a client.
+    pub fn record_status(&mut self, body: &[u8]) {
+        self.params.record_status(body);
     }
 
     /// Sends Terminate so the backend exits cleanly; errors are irrelevant at this point.
@@ -151,4 +195,23 @@ impl ServerConn {
     pub fn reported(&self) -> &BTreeMap<String, String> {
         self.params.reported()
     }
+}
+
+/// The columns of a DataRow body as text.
+fn data_row(body: &[u8]) -> Option<Vec<Option<String>>> {
+    let count = u16::from_be_bytes(body.get(..2)?.try_into().ok()?) as usize;
+    let mut pos = 2;
+    let mut cols = Vec::with_capacity(count);
+    for _ in 0..count {
+        let len = i32::from_be_bytes(body.get(pos..pos + 4)?.try_into().ok()?);
+        pos += 4;
+        if len < 0 {
+            cols.push(None);
+            continue;
+        }
+        let value = body.get(pos..pos + len as usize)?;
+        pos += len as usize;
+        cols.push(Some(String::from_utf8_lossy(value).into_owned()));
+    }
+    Some(cols)
 }

@@ -55,8 +55,16 @@ impl ServerParams {
             .map(|(_, v)| v.as_str())
     }
 
-    /// The query that makes this server's session match `wanted`, or `None` if it already does.
+    /// The query that makes this server's session match `wanted`, or `None` if it already
+    /// does: `RESET` for what an earlier client set and this one does not want, then one
+    /// `set_config` call per value that differs.
     pub fn sync_query(&self, wanted: &[(String, String)]) -> Option<String> {
+        let mut sql = String::new();
+        for name in self.applied.keys() {
+            if !wanted.iter().any(|(n, _)| n.eq_ignore_ascii_case(name)) {
+                sql.push_str(&format!("RESET {};", quote_ident(name)));
+            }
+        }
         let calls: Vec<String> = wanted
             .iter()
             .filter(|(name, value)| self.current(name) != Some(value.as_str()))
@@ -68,16 +76,25 @@ impl ServerParams {
                 )
             })
             .collect();
-        (!calls.is_empty()).then(|| format!("SELECT {}", calls.join(", ")))
+        if !calls.is_empty() {
+            sql.push_str(&format!("SELECT {}", calls.join(", ")));
+        }
+        (!sql.is_empty()).then_some(sql)
     }
 
-    /// Notes that `wanted` is now in effect (after `sync_query` succeeded).
+    /// Records that exactly `wanted` is in effect (after `sync_query` succeeded, or after
+    /// reading the session's settings back from the server).
     pub fn mark_applied(&mut self, wanted: &[(String, String)]) {
-        for (name, value) in wanted {
-            self.applied
-                .insert(name.to_ascii_lowercase(), value.clone());
-        }
+        self.applied = wanted
+            .iter()
+            .map(|(n, v)| (n.to_ascii_lowercase(), v.clone()))
+            .collect();
     }
+}
+
+/// Quotes a parameter name as an identifier (names like `a.b` are quoted as a whole).
+fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
 }
 
 /// Quotes a string as an SQL literal that means the same whatever `standard_conforming_strings` is.
@@ -208,6 +225,12 @@ mod tests {
         );
         p.mark_applied(&wanted);
         assert_eq!(p.sync_query(&wanted), None);
+        // Another client wanting less gets the rest reset.
+        let fewer = pairs(&[("application_name", "app")]);
+        assert_eq!(
+            p.sync_query(&fewer).unwrap(),
+            "RESET \"search_path\";RESET \"timezone\";"
+        );
         p.after_reset();
         assert!(p.sync_query(&wanted).is_some());
     }

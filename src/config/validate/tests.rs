@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use super::*;
 use crate::auth::secret::Secret;
-use crate::config::PoolMode;
+use crate::config::{AuthType, PoolMode};
 
 const ROUTE: &str = "[databases.\"*\"]\n";
 
@@ -148,6 +148,18 @@ fn upstream_without_credentials_is_only_a_route() {
     let config = from_sources(None, &upstream_cli("postgresql://db")).unwrap();
     assert_eq!(config.wildcard.map(|w| w.port), Some(5432));
     assert!(config.users.is_empty());
+}
+
+#[test]
+fn an_upstream_user_without_a_password_needs_one_unless_trust() {
+    let errors = from_sources(None, &upstream_cli("postgres://app@db")).unwrap_err();
+    assert_eq!(keys(&errors), ["users.app.password"]);
+    assert!(errors.to_string().contains("upstream URL"), "{errors}");
+    let cli = Cli {
+        auth_type: Some(AuthType::Trust),
+        ..upstream_cli("postgres://app@db")
+    };
+    assert_eq!(from_sources(None, &cli).unwrap().users["app"].secret, None);
 }
 
 #[test]

@@ -1,0 +1,132 @@
+//! Transaction pooling: a client holds a server only from its first message after a
+//! boundary until the server is idle again (ReadyForQuery `I`, nothing pending).
+//!
+//! The client's session state follows it from server to server: its settings (startup
+//! parameters, then whatever SET/RESET/set_config left, read back from the server after a
+//! transaction that may have changed them) are applied to each server it gets, and only
+//! where they differ. State that cannot move (LISTEN, temporary tables, WITH HOLD cursors,
+//! SQL PREPARE, session advisory locks, named protocol-level statements for now) pins the
+//! client to its server for the rest of its session; that server is reset before reuse.
+
+use std::mem;
+
+use bytes::BytesMut;
+use tracing::info;
+
+use super::login::Session;
+use super::relay::{End, Link};
+use crate::cancel::{CancelHandle, CancelTarget};
+use crate::context::Context;
+use crate::pool::{Pool, PooledServer};
+use crate::stream::Stream;
+
+pub async fn run(client: &Stream, client_buf: BytesMut, session: Session, ctx: &Context) -> End {
+    let Session {
+        server,
+        cancel,
+        mut wanted,
+    } = session;
+    let pool = server.pool().clone();
+    server.checkin_idle();
+    let mut link = Link::new(client_buf, ctx.config.max_packet_size, true);
+    let mut held: Option<(PooledServer, crate::pool::PinGuard)> = None;
+    loop {
+        let (mut server, pin) = match held.take() {
+            Some((server, pin)) => (server, Some(pin)),
+            None => {
+                if let Some(end) = wait_for_client(client, &mut link, ctx).await {
+                    return end;
+                }
+                match attach(&pool, &mut link, &wanted, &cancel).await {
+                    Ok(server) => (server, None),
+                    Err(end) => return end,
+                }
+            }
+        };
+        if let Some(end) = link.relay(client, &server.stream, pin.is_none(), ctx).await {
+            cancel.set(None);
+            give_back(server, &mut link, &end).await;
+            return end;
+        }
+        let effects = mem::take(&mut link.track.effects);
+        if effects.settings {
+            match server.session_settings().await {
+                Ok(settings) => {
+                    server.params.mark_applied(&settings);
+                    wanted = settings;
+                }
+                Err(err) => {
+                    server.close("could not read session settings back");
+                    return End::ServerLost(err.to_string());
+                }
+            }
+        }
+        if let Some(feature) = effects.pins {
+            info!(feature, pool = %pool.name(), "client pinned to its server for the rest of its session");
+            held = Some((server, pool.pin()));
+            continue;
+        }
+        cancel.set(None);
+        server.buf = mem::take(&mut link.s2c.buf);
+        server.checkin_idle();
+        link.c2s.release_memory();
+    }
+}
+
+/// Waits, without a server, until the client has sent something for one. `Some` when the
+/// session ends first (the client left, or shutdown found it idle).
+async fn wait_for_client(client: &Stream, link: &mut Link, ctx: &Context) -> Option<End> {
+    loop {
+        if link.c2s.ready > 0 {
+            return None;
+        }
+        if link.draining {
+            return Some(End::Shutdown);
+        }
+        tokio::select! {
+            r = client.readable() => {
+                if let Err(e) = r { return Some(End::ClientIo(e)) }
+                if let Some(end) = link.on_client_readable(client) { return Some(end) }
+            }
+            _ = ctx.shutdown.cancelled(), if !link.draining => link.draining = true,
+        }
+    }
+}
+
+/// Gets a server for the client's next transaction and gives it the client's settings.
+async fn attach(
+    pool: &Pool,
+    link: &mut Link,
+    wanted: &[(String, String)],
+    cancel: &CancelHandle,
+) -> Result<PooledServer, End> {
+    let mut server = pool
+        .checkout()
+        .await
+        .map_err(|e| End::Refused(e.to_client_error()))?;
+    if let Some(sql) = server.params.sync_query(wanted) {
+        if let Err(err) = server.exec(&sql).await {
+            server.close("parameter sync failed");
+            return Err(End::Refused(err.to_client_error()));
+        }
+        server.params.mark_applied(wanted);
+    }
+    cancel.set(Some(CancelTarget {
+        server: server.target.clone(),
+        key: server.key,
+    }));
+    link.s2c.buf = mem::take(&mut server.buf);
+    Ok(server)
+}
+
+/// Returns a server at the end of a session: reset and reused if the session left it
+/// clean, closed otherwise.
+pub async fn give_back(mut server: PooledServer, link: &mut Link, end: &End) {
+    if matches!(end, End::ServerLost(_)) {
+        server.close("server connection lost");
+        return;
+    }
+    server.buf = mem::take(&mut link.s2c.buf);
+    let clean = link.server_clean() && server.buf.is_empty();
+    server.release(clean).await;
+}
