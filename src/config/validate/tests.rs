@@ -113,14 +113,22 @@ fn flags_override_the_file() {
     let cli = Cli {
         pool_size: Some(7),
         query_wait_timeout: Some("1m".to_owned()),
-        pool_mode: Some(PoolMode::Statement),
+        pool_mode: Some(PoolMode::Transaction),
         ..Cli::default()
     };
     let config = from_sources(Some(&file), &cli).unwrap();
     assert_eq!(config.pool_size, 7);
     assert_eq!(config.max_client_conn, 50);
     assert_eq!(config.query_wait_timeout, Duration::from_secs(60));
-    assert_eq!(config.pool_mode, PoolMode::Statement);
+    assert_eq!(config.pool_mode, PoolMode::Transaction);
+}
+
+#[test]
+fn statement_pooling_is_refused_until_it_exists() {
+    let file = format!("pool_mode = \"statement\"\n[users.u]\npassword = \"p\"\npool_mode = \"statement\"\n{ROUTE}");
+    let errors = from_sources(Some(&file), &Cli::default()).unwrap_err().to_string();
+    assert!(errors.contains("pool_mode: statement pooling is not implemented yet"), "{errors}");
+    assert!(errors.contains("users.u.pool_mode: statement pooling"), "{errors}");
 }
 
 #[test]
