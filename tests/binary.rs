@@ -1,0 +1,520 @@
+//! The `pgwarden` binary as a user runs it: flags, `PGWARDEN_*` variables and a TOML file,
+//! configuration errors at start, signals and draining, and the log lines.
+//!
+//! Every proxy listens on `127.0.0.1:0`; its port is read from its "listening" log line.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use tokio_postgres::error::SqlState;
+use tokio_postgres::Client;
+
+use common::{describe, try_connect_tcp, PgServer};
+
+/// How long a started binary may take to log that it listens.
+const START_DEADLINE: Duration = Duration::from_secs(20);
+
+/// A `pgwarden` process, its stdout and stderr going to files in `dir`. Killed on drop.
+struct Pgwarden {
+    child: Child,
+    /// Its port, once [`Pgwarden::start`] has seen the "listening" line.
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Pgwarden {
+    /// Spawns the binary with `args` and `env` (and no other `PGWARDEN_*` variable) and
+    /// waits for its "listening" line; panics with its output if it exits or is silent.
+    async fn start(args: &[&str], env: &[(&str, &str)]) -> Pgwarden {
+        let mut proxy = Pgwarden::spawn(args, env);
+        let deadline = Instant::now() + START_DEADLINE;
+        loop {
+            if let Some(port) = listening_port(&proxy.output()) {
+                proxy.port = port;
+                return proxy;
+            }
+            if let Ok(Some(status)) = proxy.child.try_wait() {
+                panic!(
+                    "pgwarden {args:?} exited at start ({status}):\n{}",
+                    proxy.output()
+                );
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "pgwarden {args:?} not listening after {START_DEADLINE:?}:\n{}",
+                    proxy.output()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn spawn(args: &[&str], env: &[(&str, &str)]) -> Pgwarden {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let stdout = std::fs::File::create(dir.path().join("stdout")).unwrap();
+        let stderr = std::fs::File::create(dir.path().join("stderr")).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgwarden"));
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("PGWARDEN_") {
+                cmd.env_remove(name);
+            }
+        }
+        cmd.args(args)
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr);
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+        Pgwarden {
+            child,
+            port: 0,
+            dir,
+        }
+    }
+
+    /// Everything it printed so far, stdout then stderr, without colour codes.
+    fn output(&self) -> String {
+        let read =
+            |name: &str| std::fs::read_to_string(self.dir.path().join(name)).unwrap_or_default();
+        strip_ansi(&format!("{}{}", read("stdout"), read("stderr")))
+    }
+
+    fn stderr(&self) -> String {
+        strip_ansi(&std::fs::read_to_string(self.dir.path().join("stderr")).unwrap_or_default())
+    }
+
+    /// Sends `signal` ("TERM", "INT") with kill(1).
+    fn signal(&self, signal: &str) {
+        let pid = self.child.id().to_string();
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &pid])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} {pid}: {status}");
+    }
+
+    /// Waits up to `within` for the process to exit; panics with its output otherwise.
+    async fn wait_exit(&mut self, within: Duration) -> ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for pgwarden") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "pgwarden still running {within:?} later:\n{}",
+                    self.output()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn try_connect(
+        &self,
+        user: &str,
+        password: &str,
+        db: &str,
+    ) -> Result<Client, tokio_postgres::Error> {
+        try_connect_tcp("127.0.0.1", self.port, user, password, db).await
+    }
+
+    async fn connect_app(&self) -> Client {
+        let result = self.try_connect("app", "app_pw", "appdb").await;
+        result.unwrap_or_else(|e| {
+            panic!(
+                "connect through pgwarden as app: {}\n{}",
+                describe(&e),
+                self.output()
+            )
+        })
+    }
+
+    /// Polls until `text` is in the output; panics with the output after 10 s.
+    async fn wait_for_output(&self, text: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.output().contains(text) {
+            if Instant::now() > deadline {
+                panic!("pgwarden never printed {text:?}:\n{}", self.output());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Pgwarden {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The port of the first `listening addr=HOST:PORT` log line.
+fn listening_port(output: &str) -> Option<u16> {
+    let line = output
+        .lines()
+        .find(|l| l.contains("listening") && l.contains("addr="))?;
+    let addr = line.split("addr=").nth(1)?.split_whitespace().next()?;
+    addr.rsplit(':').next()?.parse().ok()
+}
+
+/// Removes terminal colour sequences (`ESC [ ... m`).
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn upstream(pg: &PgServer) -> String {
+    pg.url("app", "app_pw")
+}
+
+async fn current_user(client: &Client) -> String {
+    let row = client.query_one("select current_user::text", &[]).await;
+    row.unwrap_or_else(|e| panic!("select current_user: {}", describe(&e)))
+        .get(0)
+}
+
+/// What pool_size = 1 with query_wait_timeout = 1s looks like: a second client waits about
+/// a second for the one server, then gets 53300 naming the setting; Postgres sees one
+/// backend.
+async fn assert_one_server_per_pool(proxy: &Pgwarden, pg: &PgServer) {
+    let first = proxy.connect_app().await;
+    assert_eq!(current_user(&first).await, "app");
+    let started = Instant::now();
+    let second = proxy.try_connect("app", "app_pw", "appdb").await;
+    let waited = started.elapsed();
+    let err = match second {
+        Ok(_) => panic!(
+            "a second client got a server with pool_size = 1:\n{}",
+            proxy.output()
+        ),
+        Err(e) => e,
+    };
+    let db = err
+        .as_db_error()
+        .unwrap_or_else(|| panic!("not a server error: {}", describe(&err)));
+    assert_eq!(
+        db.code(),
+        &SqlState::TOO_MANY_CONNECTIONS,
+        "{}",
+        describe(&err)
+    );
+    assert!(
+        db.message().contains("query_wait_timeout"),
+        "{}",
+        describe(&err)
+    );
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(5),
+        "the second client waited {waited:?}, not query_wait_timeout = 1s"
+    );
+    assert_eq!(pg.backend_count("app").await, 1);
+    drop(first);
+}
+
+#[tokio::test]
+async fn quick_start_with_listen_and_upstream_flags() {
+    let pg = PgServer::start();
+    let proxy = Pgwarden::start(
+        &["--listen", "127.0.0.1:0", "--upstream", &upstream(&pg)],
+        &[],
+    )
+    .await;
+    let client = proxy.connect_app().await;
+    assert_eq!(current_user(&client).await, "app");
+    let row = client
+        .query_one("select current_database()::text", &[])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "appdb");
+}
+
+#[tokio::test]
+async fn environment_variables_configure_upstream_listen_and_pool() {
+    let pg = PgServer::start();
+    let url = upstream(&pg);
+    let env = [
+        ("PGWARDEN_UPSTREAM", url.as_str()),
+        ("PGWARDEN_LISTEN", "127.0.0.1:0"),
+        ("PGWARDEN_POOL_SIZE", "1"),
+        ("PGWARDEN_QUERY_WAIT_TIMEOUT", "1s"),
+    ];
+    let proxy = Pgwarden::start(&[], &env).await;
+    assert_one_server_per_pool(&proxy, &pg).await;
+}
+
+#[tokio::test]
+async fn flags_override_the_config_file() {
+    let pg = PgServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("pgwarden.toml");
+    std::fs::write(&file, "pool_size = 5\nquery_wait_timeout = \"1s\"\n").unwrap();
+    let args = [
+        "--config",
+        file.to_str().unwrap(),
+        "--pool-size",
+        "1",
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        &upstream(&pg),
+    ];
+    let proxy = Pgwarden::start(&args, &[]).await;
+    assert_one_server_per_pool(&proxy, &pg).await;
+}
+
+#[tokio::test]
+async fn invalid_configuration_exits_2_listing_every_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let file: PathBuf = dir.path().join("pgwarden.toml");
+    std::fs::write(&file, "pool_size = 5\nbogus_key = 1\n").unwrap();
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let args = [
+        "--config",
+        file.to_str().unwrap(),
+        "--pool-size",
+        "0",
+        "--query-wait-timeout",
+        "banana",
+        "--listen",
+        &listen,
+        "--upstream",
+        "postgres://app:app_pw@127.0.0.1:5432",
+    ];
+    let mut proxy = Pgwarden::spawn(&args, &[]);
+    let status = proxy.wait_exit(Duration::from_secs(10)).await;
+    let stderr = proxy.stderr();
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(!proxy.output().contains("listening"), "{}", proxy.output());
+    assert!(
+        std::net::TcpStream::connect(&listen).is_err(),
+        "something listens on {listen}"
+    );
+    // Each problem on a line of its own: the key, then why.
+    let problems = [
+        ("pool_size:", "at least 1"),
+        ("query_wait_timeout:", "banana"),
+        ("", "unknown field `bogus_key`"),
+    ];
+    for (key, reason) in problems {
+        let named = stderr
+            .lines()
+            .map(|l| l.trim_start_matches("pgwarden: "))
+            .any(|l| l.starts_with(key) && l.contains(reason));
+        assert!(named, "no line {key} ... {reason} in stderr:\n{stderr}");
+    }
+}
+
+#[tokio::test]
+async fn durations_accept_units_and_plain_seconds() {
+    let pg = PgServer::start();
+    let args = [
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        &upstream(&pg),
+        "--query-wait-timeout",
+        "500ms",
+        "--server-connect-timeout",
+        "2s",
+        "--server-idle-timeout",
+        "5m",
+        "--client-login-timeout",
+        "30",
+        "--shutdown-timeout",
+        "1h",
+    ];
+    let proxy = Pgwarden::start(&args, &[]).await;
+    let client = proxy.connect_app().await;
+    assert_eq!(current_user(&client).await, "app");
+}
+
+/// A transaction runs `pg_sleep(1.5)` when `signal` arrives: new clients are refused at once,
+/// the transaction finishes and commits, then the session ends with 57P01 and the process
+/// exits 0 well before its shutdown_timeout.
+async fn signal_drains_running_transactions(signal: &str) {
+    let pg = PgServer::start();
+    let args = [
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        &upstream(&pg),
+        "--shutdown-timeout",
+        "20s",
+    ];
+    let mut proxy = Pgwarden::start(&args, &[]).await;
+    let client = proxy.connect_app().await;
+    let session = tokio::spawn(async move {
+        client.batch_execute("BEGIN").await?;
+        client.execute("select pg_sleep(1.5)", &[]).await?;
+        client.batch_execute("COMMIT").await?;
+        let committed = Instant::now();
+        let after = client.query_one("select 1", &[]).await;
+        Ok::<_, tokio_postgres::Error>((committed, after))
+    });
+
+    let admin = pg.admin().await;
+    let sleeping = "select count(*) from pg_stat_activity \
+                    where usename = 'app' and state = 'active' and query like 'select pg_sleep%'";
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while admin
+        .query_one(sleeping, &[])
+        .await
+        .unwrap()
+        .get::<_, i64>(0)
+        == 0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "pg_sleep never reached the server"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    proxy.signal(signal);
+
+    // New clients are refused while the transaction still runs.
+    let addr = format!("127.0.0.1:{}", proxy.port);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::net::TcpStream::connect(&addr).is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "pgwarden still accepts after SIG{signal}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let refused = proxy.try_connect("app", "app_pw", "appdb").await;
+    assert!(refused.is_err(), "a new client logged in during the drain");
+    assert!(
+        !session.is_finished(),
+        "the transaction ended before the drain was checked"
+    );
+    assert!(
+        proxy.child.try_wait().unwrap().is_none(),
+        "pgwarden exited with a transaction open"
+    );
+
+    let (committed, after) = match session.await.unwrap() {
+        Ok(done) => done,
+        Err(e) => panic!(
+            "the draining transaction failed: {}\n{}",
+            describe(&e),
+            proxy.output()
+        ),
+    };
+    match after {
+        Ok(_) => panic!("the session went on after its transaction during shutdown"),
+        Err(e) => assert!(
+            e.code() == Some(&SqlState::ADMIN_SHUTDOWN) || e.is_closed(),
+            "expected 57P01 or a closed connection, got {}",
+            describe(&e)
+        ),
+    }
+    let status = proxy.wait_exit(Duration::from_secs(10)).await;
+    assert_eq!(status.code(), Some(0), "{}", proxy.output());
+    assert!(
+        committed.elapsed() < Duration::from_secs(10),
+        "exit waited for shutdown_timeout, not for the session"
+    );
+    pg.wait_backends("app", 0).await;
+}
+
+#[tokio::test]
+async fn sigterm_lets_running_transactions_finish_then_exits_0() {
+    signal_drains_running_transactions("TERM").await;
+}
+
+#[tokio::test]
+async fn sigint_lets_running_transactions_finish_then_exits_0() {
+    signal_drains_running_transactions("INT").await;
+}
+
+#[tokio::test]
+async fn shutdown_timeout_bounds_the_drain_of_an_idle_transaction() {
+    let pg = PgServer::start();
+    let args = [
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        &upstream(&pg),
+        "--shutdown-timeout",
+        "1s",
+    ];
+    let mut proxy = Pgwarden::start(&args, &[]).await;
+    let client = proxy.connect_app().await;
+    client.batch_execute("BEGIN").await.unwrap();
+
+    let signalled = Instant::now();
+    proxy.signal("TERM");
+    let status = proxy.wait_exit(Duration::from_secs(10)).await;
+    let took = signalled.elapsed();
+    assert_eq!(status.code(), Some(0), "{}", proxy.output());
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(4),
+        "exited {took:?} after SIGTERM with shutdown_timeout = 1s"
+    );
+    let err = client.query_one("select 1", &[]).await.err();
+    assert!(err.is_some(), "the session outlived the process");
+    pg.wait_backends("app", 0).await;
+}
+
+#[tokio::test]
+async fn info_logs_client_and_server_connections() {
+    let pg = PgServer::start();
+    let args = [
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        &upstream(&pg),
+        "--log-level",
+        "info",
+    ];
+    let proxy = Pgwarden::start(&args, &[]).await;
+    let client = proxy.connect_app().await;
+    assert_eq!(current_user(&client).await, "app");
+    drop(client);
+    proxy.wait_for_output("client disconnected").await;
+
+    let output = proxy.output();
+    for event in [
+        "client connected",
+        "client disconnected",
+        "server connected",
+    ] {
+        let lines: Vec<&str> = output.lines().filter(|l| l.contains(event)).collect();
+        assert_eq!(lines.len(), 1, "expected one {event:?} line:\n{output}");
+        assert!(
+            lines[0].contains("INFO"),
+            "{event:?} not at info level: {}",
+            lines[0]
+        );
+    }
+    let connected = output
+        .lines()
+        .find(|l| l.contains("client connected"))
+        .unwrap();
+    assert!(
+        connected.contains("user=app") && connected.contains("appdb"),
+        "{connected}"
+    );
+}
+
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
