@@ -72,7 +72,8 @@ impl From<ConfigError> for ConfigErrors {
 pub fn load(cli: &Cli) -> Result<Config, ConfigErrors> {
     let text = match &cli.config {
         Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
-            ConfigError::new("config", format!("cannot read {}: {e}", path.display()))
+            let error = ConfigError::new("config", format!("cannot read {}: {e}", path.display()));
+            with_flag_errors(error.into(), cli)
         })?),
         None => None,
     };
@@ -88,8 +89,14 @@ pub fn from_toml(text: &str) -> Result<Config, ConfigErrors> {
 /// over its `PGWARDEN_*` variable). A relative `auth_file` in the file is taken relative to
 /// the file named by `cli.config`; one given as a flag, relative to the working directory.
 pub fn from_sources(file_text: Option<&str>, cli: &Cli) -> Result<Config, ConfigErrors> {
-    let mut file = match file_text {
-        Some(text) => FileConfig::parse(text).map_err(|e| syntax_error(text, cli, &e))?,
+    let mut file = match file_text.map(FileConfig::parse) {
+        Some(Ok(file)) => file,
+        Some(Err(e)) => {
+            return Err(with_flag_errors(
+                syntax_error(file_text.unwrap_or(""), cli, &e),
+                cli,
+            ))
+        }
         None => FileConfig::default(),
     };
     if let (Some(auth_file), Some(config)) = (&mut file.auth_file, &cli.config) {
@@ -98,6 +105,18 @@ pub fn from_sources(file_text: Option<&str>, cli: &Cli) -> Result<Config, Config
         }
     }
     validate(file.merge(cli))
+}
+
+/// A file that cannot be read still leaves the flags to check: every problem is reported in
+/// one go. Without the file, a missing route is a consequence, not a problem of its own.
+fn with_flag_errors(mut errors: ConfigErrors, cli: &Cli) -> ConfigErrors {
+    if let Err(flag_errors) = validate(FileConfig::default().merge(cli)) {
+        let no_route = |e: &ConfigError| e.key == "upstream" && cli.upstream.is_none();
+        errors
+            .0
+            .extend(flag_errors.0.into_iter().filter(|e| !no_route(e)));
+    }
+    errors
 }
 
 /// A file that is not valid TOML, has an unknown key or a value of the wrong type, reported
@@ -176,7 +195,10 @@ impl Checker {
     /// Statement pooling is not built yet; refusing it beats silently pooling by transaction.
     fn pool_mode(&mut self, key: &str, mode: Option<PoolMode>) {
         if mode == Some(PoolMode::Statement) {
-            self.error(key, "statement pooling is not implemented yet; use \"transaction\" or \"session\"");
+            self.error(
+                key,
+                "statement pooling is not implemented yet; use \"transaction\" or \"session\"",
+            );
         }
     }
 

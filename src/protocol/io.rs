@@ -85,7 +85,7 @@ mod tests {
 
     #[tokio::test]
     async fn reads_messages_split_across_many_reads() {
-        let mut bytes = vec![b'p', 0, 0, 0, 9];
+        let mut bytes = vec![b'p', 0, 0, 0, 11];
         bytes.extend_from_slice(b"hunter");
         bytes.push(0);
         bytes.extend_from_slice(&[b'S', 0, 0, 0, 4]);

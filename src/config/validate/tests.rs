@@ -126,9 +126,17 @@ fn flags_override_the_file() {
 #[test]
 fn statement_pooling_is_refused_until_it_exists() {
     let file = format!("pool_mode = \"statement\"\n[users.u]\npassword = \"p\"\npool_mode = \"statement\"\n{ROUTE}");
-    let errors = from_sources(Some(&file), &Cli::default()).unwrap_err().to_string();
-    assert!(errors.contains("pool_mode: statement pooling is not implemented yet"), "{errors}");
-    assert!(errors.contains("users.u.pool_mode: statement pooling"), "{errors}");
+    let errors = from_sources(Some(&file), &Cli::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        errors.contains("pool_mode: statement pooling is not implemented yet"),
+        "{errors}"
+    );
+    assert!(
+        errors.contains("users.u.pool_mode: statement pooling"),
+        "{errors}"
+    );
 }
 
 #[test]
@@ -350,5 +358,25 @@ fn config_errors_display_one_per_line() {
     assert_eq!(
         errors.to_string(),
         "pool_size: must be at least 1, not 0\nlisten: bad"
+    );
+}
+
+#[test]
+fn a_broken_file_does_not_hide_bad_flags() {
+    let cli = Cli {
+        pool_size: Some(0),
+        query_wait_timeout: Some("banana".to_owned()),
+        ..Cli::default()
+    };
+    let errors = from_sources(Some("bogus_key = 1\n"), &cli)
+        .unwrap_err()
+        .to_string();
+    assert!(errors.contains("bogus_key"), "{errors}");
+    assert!(errors.contains("pool_size"), "{errors}");
+    assert!(errors.contains("query_wait_timeout"), "{errors}");
+    let no_route = errors.lines().any(|line| line.starts_with("upstream:"));
+    assert!(
+        !no_route,
+        "no route is a consequence, not a problem: {errors}"
     );
 }
