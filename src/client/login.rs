@@ -1,6 +1,8 @@
 //! Login: route the database, authenticate the client, get it a server with its session
 //! parameters applied, and tell the client it is in.
 
+use std::collections::BTreeMap;
+
 use bytes::BytesMut;
 use pgwire::messages::startup::Authentication;
 use tokio::io::AsyncWriteExt;
@@ -8,10 +10,10 @@ use tokio::io::AsyncWriteExt;
 use super::handshake::Startup;
 use super::ClientError;
 use crate::auth::{self, Secret};
-use crate::cancel::{CancelHandle, CancelTarget};
+use crate::cancel::CancelHandle;
 use crate::config::{Config, Database, User};
 use crate::context::Context;
-use crate::pool::{PoolKey, PoolSettings, PooledServer};
+use crate::pool::{Pool, PoolKey, PoolSettings, PooledServer};
 use crate::protocol::{messages, PgError, TransactionStatus};
 use crate::server::params::client_parameters;
 use crate::server::{Credential, ServerError, ServerTarget};
@@ -20,9 +22,9 @@ use crate::stream::Stream;
 /// SQLSTATE Postgres uses for a bad startup option value.
 const INVALID_PARAMETER_VALUE: &str = "22023";
 
-/// A logged-in client with the server it holds for its session.
+/// A logged-in client: its pool, cancel key and settings. It holds no server yet.
 pub struct Session {
-    pub server: PooledServer,
+    pub pool: Pool,
     pub cancel: CancelHandle,
     /// The session settings the client asked for, applied to every server it gets.
     pub wanted: Vec<(String, String)>,
@@ -57,23 +59,50 @@ pub async fn login(
     let pool = ctx
         .pools
         .get_or_create(key, || pool_spec(config, route, user, startup));
+    let reported = match pool.login_params() {
+        Some(cached) => overlay(&cached, &wanted),
+        None => first_login_params(&pool, &wanted).await?,
+    };
+    let cancel = ctx.cancels.register();
+    stream.write_all(&login_ok(&reported, &cancel)).await?;
+    Ok(Session {
+        pool,
+        cancel,
+        wanted,
+    })
+}
+
+/// The parameters a client is told at login, from a pool that has none cached yet: a real
+/// server is opened with the client's settings applied (so bad settings fail the login, as
+/// on Postgres), then returned idle.
+async fn first_login_params(
+    pool: &Pool,
+    wanted: &[(String, String)],
+) -> Result<BTreeMap<String, String>, ClientError> {
     let mut server = pool.checkout().await?;
-    if let Err(err) = apply_parameters(&mut server, &wanted).await {
+    if let Err(err) = apply_parameters(&mut server, wanted).await {
         let clean = matches!(err, ServerError::Query { .. });
         server.release(clean).await;
         return Err(err.into());
     }
-    let cancel = ctx.cancels.register();
-    cancel.set(Some(CancelTarget {
-        server: server.target.clone(),
-        key: server.key,
-    }));
-    stream.write_all(&login_ok(&server, &cancel)).await?;
-    Ok(Session {
-        server,
-        cancel,
-        wanted,
-    })
+    let reported = server.reported().clone();
+    server.checkin_idle();
+    Ok(reported)
+}
+
+/// The pool's cached server parameters with the client's own values where it set them,
+/// as Postgres would report them after applying its startup parameters.
+fn overlay(
+    cached: &BTreeMap<String, String>,
+    wanted: &[(String, String)],
+) -> BTreeMap<String, String> {
+    let mut reported = cached.clone();
+    for (name, value) in reported.iter_mut() {
+        if let Some((_, v)) = wanted.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)) {
+            value.clone_from(v);
+        }
+    }
+    reported
 }
 
 /// The route for a client-visible database name: a named entry, else the wildcard.
@@ -151,10 +180,10 @@ async fn apply_parameters(
 }
 
 /// AuthenticationOk, the server's parameters, our cancel key, ReadyForQuery: one write.
-fn login_ok(server: &PooledServer, cancel: &CancelHandle) -> BytesMut {
+fn login_ok(reported: &BTreeMap<String, String>, cancel: &CancelHandle) -> BytesMut {
     let mut out = BytesMut::with_capacity(512);
     messages::authentication(Authentication::Ok, &mut out);
-    for (name, value) in server.reported() {
+    for (name, value) in reported {
         messages::parameter_status(name, value, &mut out);
     }
     messages::backend_key_data(cancel.key.pid, cancel.key.secret, &mut out);

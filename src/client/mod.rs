@@ -6,7 +6,7 @@ mod handshake;
 mod login;
 mod pump;
 mod relay;
-mod transaction;
+mod session;
 
 use std::net::SocketAddr;
 

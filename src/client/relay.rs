@@ -13,7 +13,6 @@ use tokio::io::AsyncWriteExt;
 
 use super::login::Session;
 use super::pump::{Flow, Pump, Tracker};
-use crate::config::PoolMode;
 use crate::context::Context;
 use crate::protocol::framing::FramingError;
 use crate::protocol::{sqlstate, PgError};
@@ -176,35 +175,8 @@ pub async fn run(
     session: Session,
     ctx: &Context,
 ) -> End {
-    let end = match session.server.pool().settings().mode {
-        PoolMode::Session => run_session(client, client_buf, session, ctx).await,
-        PoolMode::Transaction | PoolMode::Statement => {
-            super::transaction::run(client, client_buf, session, ctx).await
-        }
-    };
+    let end = super::session::run(client, client_buf, session, ctx).await;
     finish(client, &end).await;
-    end
-}
-
-/// Session pooling: the client keeps its server until it leaves.
-async fn run_session(
-    client: &Stream,
-    client_buf: BytesMut,
-    session: Session,
-    ctx: &Context,
-) -> End {
-    let Session {
-        mut server, cancel, ..
-    } = session;
-    let mut link = Link::new(client_buf, ctx.config.max_packet_size, false);
-    link.s2c.buf = std::mem::take(&mut server.buf);
-    let end = link.relay(client, &server.stream, false, ctx).await;
-    let end = match end {
-        Some(end) => end,
-        None => End::ClientLeft, // unreachable: relay without stop_at_boundary only ends
-    };
-    cancel.set(None);
-    super::transaction::give_back(server, &mut link, &end).await;
     end
 }
 

@@ -62,6 +62,7 @@ async fn fill_to_minimum(pool: &Pool) {
         match server::connect(pool.0.target.clone(), pool.0.settings.connect_timeout).await {
             Ok(server) => {
                 info!(pool = %pool.0.name, server_id = server.id, reason = "min_pool_size", "server connected");
+                pool.remember_login_params(&server);
                 pool.checkin(server);
             }
             Err(err) => {

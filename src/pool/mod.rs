@@ -9,7 +9,7 @@
 mod guard;
 mod maintenance;
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -92,6 +92,9 @@ struct PoolShared {
     closed: CancellationToken,
     /// Clients pinned to their server (transaction mode, unmovable session state).
     pinned: AtomicUsize,
+    /// What this pool's servers report right after login; clients are told these (with
+    /// their own settings laid over) without waiting for a server.
+    login_params: Mutex<Option<Arc<BTreeMap<String, String>>>>,
 }
 
 /// A cheap-clone handle to one (database, user) pool.
@@ -112,6 +115,7 @@ impl Pool {
             state: Mutex::new(PoolState::default()),
             closed,
             pinned: AtomicUsize::new(0),
+            login_params: Mutex::new(None),
         }));
         tokio::spawn(maintenance::run(pool.clone()));
         pool
@@ -143,6 +147,26 @@ impl Pool {
     pub fn pin(&self) -> PinGuard {
         self.0.pinned.fetch_add(1, Ordering::Relaxed);
         PinGuard(self.clone())
+    }
+
+    pub fn login_params(&self) -> Option<Arc<BTreeMap<String, String>>> {
+        self.0
+            .login_params
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Caches a freshly logged-in server's parameters (the first one's are kept).
+    fn remember_login_params(&self, server: &ServerConn) {
+        let mut cached = self
+            .0
+            .login_params
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if cached.is_none() {
+            *cached = Some(Arc::new(server.reported().clone()));
+        }
     }
 
     pub fn pinned_clients(&self) -> usize {
@@ -233,6 +257,7 @@ impl Pool {
         match server::connect(self.0.target.clone(), self.0.settings.connect_timeout).await {
             Ok(server) => {
                 info!(pool = %self.0.name, server_id = server.id, addr = %self.0.target.addr_label(), "server connected");
+                self.remember_login_params(&server);
                 Ok(PooledServer::new(server, self.clone()))
             }
             Err(err) => {

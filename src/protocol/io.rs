@@ -52,7 +52,7 @@ pub async fn read_startup<S: AsyncRead + Unpin>(
 ) -> Result<BytesMut, ReadError> {
     fill(stream, buf, 4).await?;
     let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
-    if !(8..=MAX_STARTUP_PACKET).contains(&len) {
+    if !(8..=MAX_STARTUP_PACKET + 4).contains(&len) {
         return Err(ReadError::BadStartupLength(len));
     }
     fill(stream, buf, len).await?;

@@ -1,11 +1,9 @@
 //! Classification of the first packet a client sends (startup, SSL/GSS request, cancel).
 
-use pgwire::messages::startup::Startup;
-use pgwire::messages::{DecodeContext, Message};
-
 use super::tags::startup_code;
 
-/// Largest startup-phase packet accepted, as in Postgres (`MAX_STARTUP_PACKET_LENGTH`).
+/// Largest startup-phase packet accepted, its 4-byte length word not counted, as in
+/// Postgres (`MAX_STARTUP_PACKET_LENGTH`).
 pub const MAX_STARTUP_PACKET: usize = 10_000;
 
 /// What a client's untagged first packet asks for.
@@ -57,14 +55,34 @@ pub fn classify(packet: &[u8]) -> Result<StartupPacket, &'static str> {
     }
 }
 
+/// Name/value pairs after the protocol code, each NUL-terminated, ending with one more NUL
+/// as the very last byte: the layout Postgres insists on.
 fn decode_params(packet: &[u8]) -> Result<Vec<(String, String)>, &'static str> {
-    if packet.last() != Some(&0) {
-        return Err("startup packet is not terminated");
+    const LAYOUT: &str = "invalid startup packet layout: expected terminator as last byte";
+    let body = &packet[8..];
+    let mut params = Vec::new();
+    let mut pos = 0;
+    loop {
+        let name = cstr_at(body, pos).ok_or(LAYOUT)?;
+        if name.is_empty() {
+            return if pos + 1 == body.len() {
+                Ok(params)
+            } else {
+                Err(LAYOUT)
+            };
+        }
+        pos += name.len() + 1;
+        let value = cstr_at(body, pos).ok_or(LAYOUT)?;
+        pos += value.len() + 1;
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        params.push((text(name), text(value)));
     }
-    let mut buf = bytes::BytesMut::from(&packet[4..]);
-    let startup = Startup::decode_body(&mut buf, packet.len(), &DecodeContext::default())
-        .map_err(|_| "invalid startup packet layout")?;
-    Ok(startup.parameters.into_iter().collect())
+}
+
+/// The NUL-terminated string starting at `pos`, if it is terminated.
+fn cstr_at(body: &[u8], pos: usize) -> Option<&[u8]> {
+    let rest = body.get(pos..)?;
+    rest.iter().position(|b| *b == 0).map(|end| &rest[..end])
 }
 
 #[cfg(test)]
@@ -104,8 +122,8 @@ mod tests {
             StartupPacket::Startup {
                 minor: 1,
                 params: vec![
-                    ("database".into(), "db".into()),
-                    ("user".into(), "alice".into())
+                    ("user".into(), "alice".into()),
+                    ("database".into(), "db".into())
                 ]
             }
         );
@@ -116,5 +134,10 @@ mod tests {
         assert!(classify(&[0, 0, 0, 4]).is_err());
         assert!(classify(&packet(196_608, b"user\0al")).is_err());
         assert!(classify(&packet(80_877_102, b"\0\0")).is_err());
+        // A key without a value, a missing final terminator, bytes after it.
+        assert!(classify(&packet(196_608, b"user\0\0")).is_err());
+        assert!(classify(&packet(196_608, b"user\0al\0")).is_err());
+        assert!(classify(&packet(196_608, b"user\0al\0\0x")).is_err());
+        assert!(classify(&packet(196_608, b"\0")).is_ok());
     }
 }

@@ -1,5 +1,7 @@
-//! Transaction pooling: a client holds a server only from its first message after a
-//! boundary until the server is idle again (ReadyForQuery `I`, nothing pending).
+//! A logged-in client's life: wait (holding no server) until it sends something, attach a
+//! server, relay, and give the server back as the pool mode says. Transaction pooling gives
+//! it back at every boundary (ReadyForQuery `I`, nothing pending); session pooling keeps it
+//! until the client leaves, then resets it.
 //!
 //! The client's session state follows it from server to server: its settings (startup
 //! parameters, then whatever SET/RESET/set_config left, read back from the server after a
@@ -16,19 +18,19 @@ use tracing::info;
 use super::login::Session;
 use super::relay::{End, Link};
 use crate::cancel::{CancelHandle, CancelTarget};
+use crate::config::PoolMode;
 use crate::context::Context;
 use crate::pool::{Pool, PooledServer};
 use crate::stream::Stream;
 
 pub async fn run(client: &Stream, client_buf: BytesMut, session: Session, ctx: &Context) -> End {
     let Session {
-        server,
+        pool,
         cancel,
         mut wanted,
     } = session;
-    let pool = server.pool().clone();
-    server.checkin_idle();
-    let mut link = Link::new(client_buf, ctx.config.max_packet_size, true);
+    let keep_server = pool.settings().mode == PoolMode::Session;
+    let mut link = Link::new(client_buf, ctx.config.max_packet_size, !keep_server);
     let mut held: Option<(PooledServer, crate::pool::PinGuard)> = None;
     loop {
         let (mut server, pin) = match held.take() {
@@ -43,7 +45,11 @@ pub async fn run(client: &Stream, client_buf: BytesMut, session: Session, ctx: &
                 }
             }
         };
-        if let Some(end) = link.relay(client, &server.stream, pin.is_none(), ctx).await {
+        let stop_at_boundary = pin.is_none() && !keep_server;
+        if let Some(end) = link
+            .relay(client, &server.stream, stop_at_boundary, ctx)
+            .await
+        {
             cancel.set(None);
             give_back(server, &mut link, &end).await;
             return end;
