@@ -80,14 +80,19 @@ impl CancelRegistry {
         };
         let Some(target) = target else { return };
         info!(server = %target.server.addr_label(), backend_pid = target.key.pid, "forwarding cancel request");
-        let mut packet = BytesMut::new();
-        let mut body = target.key.pid.to_be_bytes().to_vec();
-        body.extend_from_slice(&target.key.secret.to_be_bytes());
-        messages::startup_packet(startup_code::CANCEL_REQUEST, &body, &mut packet);
-        if let Ok(mut stream) = target.server.open_socket().await {
-            let _ = stream.write_all(&packet).await;
-            let _ = stream.shutdown().await;
-        }
+        send(&target.server, target.key).await;
+    }
+}
+
+/// Sends a CancelRequest for `key` to `server`. Postgres never answers one; errors are moot.
+pub async fn send(server: &ServerTarget, key: BackendKey) {
+    let mut packet = BytesMut::new();
+    let mut body = key.pid.to_be_bytes().to_vec();
+    body.extend_from_slice(&key.secret.to_be_bytes());
+    messages::startup_packet(startup_code::CANCEL_REQUEST, &body, &mut packet);
+    if let Ok(mut stream) = server.open_socket().await {
+        let _ = stream.write_all(&packet).await;
+        let _ = stream.shutdown().await;
     }
 }
 

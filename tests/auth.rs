@@ -7,7 +7,7 @@ mod common;
 
 use std::io::Write;
 
-use common::{describe, start_proxy, PgServer};
+use common::{describe, start_proxy, PgServer, Proxy};
 use tokio_postgres::Client;
 
 /// Where a user's secret is stored for the proxy.
@@ -93,6 +93,19 @@ async fn app_secret(pg: &PgServer, kind: Kind) -> String {
     secret
 }
 
+/// Connects through the proxy and runs a first query: whether a server is assigned at login
+/// or at the first query, a failure to get one surfaces by the end of this.
+async fn login(
+    proxy: &Proxy,
+    user: &str,
+    password: &str,
+    db: &str,
+) -> Result<Client, tokio_postgres::Error> {
+    let client = proxy.try_connect(user, password, db).await?;
+    client.simple_query("SELECT 1").await?;
+    Ok(client)
+}
+
 async fn current_user(client: &Client) -> String {
     let row = client.query_one("SELECT current_user::text", &[]).await;
     row.unwrap_or_else(|e| panic!("select current_user: {}", describe(&e)))
@@ -121,14 +134,12 @@ async fn check_matrix(auth_type: &str, kinds: &[Kind]) {
             let what = format!("auth_type {auth_type}, {kind:?} secret in {source:?}");
             let config = app_config(&pg, auth_type, kind, &secret, source);
             let proxy = start_proxy(&config.toml).await;
-            let client = proxy
-                .try_connect("app", "app_pw", "postgres")
+            let client = login(&proxy, "app", "app_pw", "postgres")
                 .await
                 .unwrap_or_else(|e| panic!("{what}: {}", describe(&e)));
             assert_eq!(current_user(&client).await, "app", "{what}");
             drop(client);
-            let (code, message) =
-                refusal(proxy.try_connect("app", "nope", "postgres").await, &what);
+            let (code, message) = refusal(login(&proxy, "app", "nope", "postgres").await, &what);
             assert_eq!(code, "28P01", "{what}: {message}");
             assert_eq!(
                 message, "password authentication failed for user \"app\"",
@@ -164,7 +175,7 @@ async fn scram_auth_with_an_md5_secret_is_refused_with_a_clear_error() {
         let config = app_config(&pg, "scram-sha-256", Kind::Md5, &secret, source);
         let proxy = start_proxy(&config.toml).await;
         let what = format!("md5 secret in {source:?} under scram-sha-256");
-        let (code, message) = refusal(proxy.try_connect("app", "app_pw", "postgres").await, &what);
+        let (code, message) = refusal(login(&proxy, "app", "app_pw", "postgres").await, &what);
         assert_eq!(code, "28000", "{what}: {message}");
         assert_eq!(
             message, "cannot use SCRAM authentication with an md5-hashed password for user \"app\"",
@@ -183,8 +194,7 @@ async fn trust_accepts_any_password() {
     );
     let proxy = start_proxy(&toml).await;
     for password in ["app_pw", "wrong", ""] {
-        let client = proxy
-            .try_connect("app", password, "postgres")
+        let client = login(&proxy, "app", password, "postgres")
             .await
             .unwrap_or_else(|e| panic!("password {password:?}: {}", describe(&e)));
         assert_eq!(current_user(&client).await, "app");
@@ -203,8 +213,7 @@ async fn unknown_user_gets_the_same_error_as_a_wrong_password() {
         let proxy = start_proxy(&toml).await;
         for (user, password) in [("app", "wrong"), ("nosuch", "wrong"), ("nosuch", "app_pw")] {
             let what = format!("{auth_type}: {user}/{password}");
-            let (code, message) =
-                refusal(proxy.try_connect(user, password, "postgres").await, &what);
+            let (code, message) = refusal(login(&proxy, user, password, "postgres").await, &what);
             assert_eq!(code, "28P01", "{what}: {message}");
             assert_eq!(
                 message,
@@ -242,8 +251,7 @@ async fn proxy_logs_in_to_postgres_with_md5_cleartext_trust_and_scram() {
     );
     let proxy = start_proxy(&toml).await;
     for user in ["md5_user", "pw_user", "trust_user", "scram_user"] {
-        let client = proxy
-            .try_connect(user, "anything", "postgres")
+        let client = login(&proxy, user, "anything", "postgres")
             .await
             .unwrap_or_else(|e| panic!("{user}: {}", describe(&e)));
         assert_eq!(current_user(&client).await, user);
@@ -288,9 +296,7 @@ async fn a_secret_the_proxy_cannot_answer_the_server_with_is_a_clear_28000() {
     );
     let proxy = start_proxy(&toml).await;
     let (code, message) = refusal(
-        proxy
-            .try_connect("scram_user", "scram_pw", "postgres")
-            .await,
+        login(&proxy, "scram_user", "scram_pw", "postgres").await,
         "scram_user with only a verifier",
     );
     assert_eq!(code, "28000", "{message}");
@@ -303,7 +309,7 @@ async fn a_secret_the_proxy_cannot_answer_the_server_with_is_a_clear_28000() {
 
     let proxy_pw = start_proxy(&toml.replace("scram-sha-256", "md5")).await;
     let (code, message) = refusal(
-        proxy_pw.try_connect("pw_user", "pw_pw", "postgres").await,
+        login(&proxy_pw, "pw_user", "pw_pw", "postgres").await,
         "pw_user with only an md5 hash",
     );
     assert_eq!(code, "28000", "{message}");
@@ -322,7 +328,7 @@ async fn wrong_upstream_password_passes_on_the_server_error() {
         pg.port
     );
     let proxy = start_proxy(&toml).await;
-    let (code, message) = refusal(proxy.try_connect("app", "app_pw", "postgres").await, "app");
+    let (code, message) = refusal(login(&proxy, "app", "app_pw", "postgres").await, "app");
     assert_eq!(code, "28P01", "{message}");
     assert_eq!(message, "password authentication failed for user \"app\"");
 }
@@ -336,7 +342,7 @@ async fn unknown_database_without_a_wildcard_is_3d000() {
         pg.port
     );
     let proxy = start_proxy(&toml).await;
-    let (code, message) = refusal(proxy.try_connect("app", "app_pw", "nosuch").await, "nosuch");
+    let (code, message) = refusal(login(&proxy, "app", "app_pw", "nosuch").await, "nosuch");
     assert_eq!(code, "3D000", "{message}");
     assert_eq!(message, "database \"nosuch\" does not exist");
     // The named route itself works.
@@ -353,7 +359,7 @@ async fn unknown_database_with_a_wildcard_passes_on_the_postgres_error() {
         pg.port
     );
     let proxy = start_proxy(&toml).await;
-    let (code, message) = refusal(proxy.try_connect("app", "app_pw", "nosuch").await, "nosuch");
+    let (code, message) = refusal(login(&proxy, "app", "app_pw", "nosuch").await, "nosuch");
     assert_eq!(code, "3D000", "{message}");
     assert_eq!(message, "database \"nosuch\" does not exist");
 }

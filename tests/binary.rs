@@ -189,21 +189,24 @@ async fn current_user(client: &Client) -> String {
         .get(0)
 }
 
-/// What pool_size = 1 with query_wait_timeout = 1s looks like: a second client waits about
-/// a second for the one server, then gets 53300 naming the setting; Postgres sees one
+/// What pool_size = 1 with query_wait_timeout = 1s looks like while one client holds the
+/// server: a second client waits about a second, then gets 53300 naming the setting (at
+/// login or at its first query: pgwarden may attach the server lazily); Postgres sees one
 /// backend.
 async fn assert_one_server_per_pool(proxy: &Pgwarden, pg: &PgServer) {
     let first = proxy.connect_app().await;
     assert_eq!(current_user(&first).await, "app");
     let started = Instant::now();
-    let second = proxy.try_connect("app", "app_pw", "appdb").await;
+    let second = match proxy.try_connect("app", "app_pw", "appdb").await {
+        Ok(second) => second.query_one("select 1", &[]).await.map(drop),
+        Err(e) => Err(e),
+    };
     let waited = started.elapsed();
-    let err = match second {
-        Ok(_) => panic!(
+    let Err(err) = second else {
+        panic!(
             "a second client got a server with pool_size = 1:\n{}",
             proxy.output()
-        ),
-        Err(e) => e,
+        );
     };
     let db = err
         .as_db_error()
@@ -224,7 +227,7 @@ async fn assert_one_server_per_pool(proxy: &Pgwarden, pg: &PgServer) {
         "the second client waited {waited:?}, not query_wait_timeout = 1s"
     );
     assert_eq!(pg.backend_count("app").await, 1);
-    drop(first);
+    assert_eq!(current_user(&first).await, "app");
 }
 
 #[tokio::test]

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_postgres::NoTls;
+use tokio_postgres::{Client, NoTls};
 
 use common::{describe, start_proxy, PgServer, Proxy};
 
@@ -38,8 +38,7 @@ password = "app_pw"
 
 /// Polls pg_stat_activity until a backend of `user` is running a statement containing
 /// `needle` (so a cancel sent now lands on a running query).
-async fn wait_running(pg: &PgServer, user: &str, needle: &str) {
-    let admin = pg.admin().await;
+async fn wait_running(admin: &Client, user: &str, needle: &str) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let row = admin
@@ -64,6 +63,7 @@ async fn wait_running(pg: &PgServer, user: &str, needle: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_token_cancels_a_running_query_and_the_session_goes_on() {
     let (pg, proxy) = setup("scram-sha-256").await;
+    let admin = pg.admin().await;
     let client = proxy.connect("app", "app_pw", "appdb").await;
     let token = client.cancel_token();
 
@@ -72,7 +72,7 @@ async fn cancel_token_cancels_a_running_query_and_the_session_goes_on() {
         let result = client.simple_query("select pg_sleep(30)").await.map(|_| ());
         (client, result)
     });
-    wait_running(&pg, "app", "pg_sleep(30)").await;
+    wait_running(&admin, "app", "pg_sleep(30)").await;
     token
         .cancel_query(NoTls)
         .await
@@ -101,7 +101,7 @@ async fn cancel_token_cancels_a_running_query_and_the_session_goes_on() {
         let result = client.execute("select pg_sleep(31)", &[]).await.map(|_| ());
         (client, result)
     });
-    wait_running(&pg, "app", "pg_sleep(31)").await;
+    wait_running(&admin, "app", "pg_sleep(31)").await;
     token.cancel_query(NoTls).await.unwrap();
     let (client, result) = sleeper.await.unwrap();
     let err = result.expect_err("pg_sleep(31) was cancelled");
@@ -192,7 +192,23 @@ async fn raw_login(proxy: &Proxy) -> (TcpStream, i32, i32) {
 /// Sends a CancelRequest on a new connection and waits until pgwarden closes it, which it
 /// does once it has dealt with the request.
 async fn send_cancel(proxy: &Proxy, pid: i32, secret: i32) {
+    let stream = TcpStream::connect(proxy.addr).await.unwrap();
+    cancel_on(stream, pid, secret).await;
+}
+
+/// The same, after asking for SSL and being refused, as libpq 17 does for its cancels.
+async fn send_cancel_after_ssl_request(proxy: &Proxy, pid: i32, secret: i32) {
     let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    let mut ssl_request = 8u32.to_be_bytes().to_vec();
+    ssl_request.extend_from_slice(&80_877_103i32.to_be_bytes());
+    stream.write_all(&ssl_request).await.unwrap();
+    let mut answer = [0u8; 1];
+    stream.read_exact(&mut answer).await.unwrap();
+    assert_eq!(answer[0], b'N');
+    cancel_on(stream, pid, secret).await;
+}
+
+async fn cancel_on(mut stream: TcpStream, pid: i32, secret: i32) {
     let mut packet = 16u32.to_be_bytes().to_vec();
     packet.extend_from_slice(&CANCEL_REQUEST.to_be_bytes());
     packet.extend_from_slice(&pid.to_be_bytes());
@@ -226,8 +242,7 @@ fn first_value(messages: &[(u8, Vec<u8>)]) -> String {
 }
 
 /// Whether some backend of `user` is still running a statement containing `needle`.
-async fn still_running(pg: &PgServer, user: &str, needle: &str) -> bool {
-    let admin = pg.admin().await;
+async fn still_running(admin: &Client, user: &str, needle: &str) -> bool {
     let row = admin
         .query_one(
             "select count(*) from pg_stat_activity where usename = $1 \
@@ -242,6 +257,7 @@ async fn still_running(pg: &PgServer, user: &str, needle: &str) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_the_right_key_cancels() {
     let (pg, proxy) = setup("trust").await;
+    let admin = pg.admin().await;
     let (mut stream, pid, secret) = raw_login(&proxy).await;
 
     // Wrong secret, and an unknown pid, while a short query runs: it completes.
@@ -249,13 +265,13 @@ async fn only_the_right_key_cancels() {
         .write_all(&query("select pg_sleep(2), 'slept'"))
         .await
         .unwrap();
-    wait_running(&pg, "trust_user", "pg_sleep(2)").await;
+    wait_running(&admin, "trust_user", "pg_sleep(2)").await;
     send_cancel(&proxy, pid, secret.wrapping_add(1)).await;
     send_cancel(&proxy, pid, !secret).await;
     send_cancel(&proxy, pid.wrapping_add(1), secret).await;
     send_cancel(&proxy, 0x1234_5678 ^ pid, 0x0bad_cafe).await;
     assert!(
-        still_running(&pg, "trust_user", "pg_sleep(2)").await,
+        still_running(&admin, "trust_user", "pg_sleep(2)").await,
         "the query ended before the wrong keys were all tried (machine too slow?)"
     );
     let messages = read_until_ready(&mut stream).await;
@@ -275,7 +291,7 @@ async fn only_the_right_key_cancels() {
         .write_all(&query("select pg_sleep(30)"))
         .await
         .unwrap();
-    wait_running(&pg, "trust_user", "pg_sleep(30)").await;
+    wait_running(&admin, "trust_user", "pg_sleep(30)").await;
     send_cancel(&proxy, pid, secret).await;
     let messages = read_until_ready(&mut stream).await;
     assert_eq!(error_code(&messages).as_deref(), Some("57014"));
@@ -291,6 +307,7 @@ async fn only_the_right_key_cancels() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_client_gets_the_proxy_key_not_the_backend_key() {
     let (pg, proxy) = setup("trust").await;
+    let admin = pg.admin().await;
     let (mut stream, pid, secret) = raw_login(&proxy).await;
 
     let backend_pid: i32 = first_value(&raw_query(&mut stream, "select pg_backend_pid()").await)
@@ -306,7 +323,7 @@ async fn the_client_gets_the_proxy_key_not_the_backend_key() {
         .write_all(&query("select pg_sleep(2), 'slept'"))
         .await
         .unwrap();
-    wait_running(&pg, "trust_user", "pg_sleep(2)").await;
+    wait_running(&admin, "trust_user", "pg_sleep(2)").await;
     send_cancel(&proxy, backend_pid, secret).await;
     let messages = read_until_ready(&mut stream).await;
     assert_eq!(
@@ -315,13 +332,13 @@ async fn the_client_gets_the_proxy_key_not_the_backend_key() {
         "the backend pid cancelled the query"
     );
 
-    // The proxy's key works.
+    // The proxy's key works (sent after a refused SSLRequest this time).
     stream
         .write_all(&query("select pg_sleep(30)"))
         .await
         .unwrap();
-    wait_running(&pg, "trust_user", "pg_sleep(30)").await;
-    send_cancel(&proxy, pid, secret).await;
+    wait_running(&admin, "trust_user", "pg_sleep(30)").await;
+    send_cancel_after_ssl_request(&proxy, pid, secret).await;
     let messages = read_until_ready(&mut stream).await;
     assert_eq!(error_code(&messages).as_deref(), Some("57014"));
 
@@ -346,6 +363,7 @@ port = {}
         pg.port
     ))
     .await;
+    let admin = pg.admin().await;
 
     let (mut first, old_pid, old_secret) = raw_login(&proxy).await;
     let first_backend = first_value(&raw_query(&mut first, "select pg_backend_pid()").await);
@@ -361,12 +379,63 @@ port = {}
         .write_all(&query("select pg_sleep(2), 'slept'"))
         .await
         .unwrap();
-    wait_running(&pg, "trust_user", "pg_sleep(2)").await;
+    wait_running(&admin, "trust_user", "pg_sleep(2)").await;
     send_cancel(&proxy, old_pid, old_secret).await;
     let messages = read_until_ready(&mut second).await;
     assert_eq!(
         error_code(&messages),
         None,
         "a retired key cancelled another client's query"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_transaction_mode_a_key_follows_its_client_not_the_server() {
+    // pool_size 1: both clients take turns on the same server.
+    let pg = tokio::task::spawn_blocking(PgServer::start).await.unwrap();
+    let proxy = start_proxy(&format!(
+        r#"
+auth_type = "trust"
+pool_mode = "transaction"
+pool_size = 1
+[databases."*"]
+host = "127.0.0.1"
+port = {}
+"#,
+        pg.port
+    ))
+    .await;
+    let admin = pg.admin().await;
+
+    let (mut a, a_pid, a_secret) = raw_login(&proxy).await;
+    let (mut b, _, _) = raw_login(&proxy).await;
+    let a_backend = first_value(&raw_query(&mut a, "select pg_backend_pid()").await);
+    let b_backend = first_value(&raw_query(&mut b, "select pg_backend_pid()").await);
+    assert_eq!(a_backend, b_backend, "one server for both");
+
+    // A is idle (holds no server) while B runs on the server A used: A's key cancels nothing.
+    b.write_all(&query("select pg_sleep(2), 'slept'"))
+        .await
+        .unwrap();
+    wait_running(&admin, "trust_user", "pg_sleep(2)").await;
+    send_cancel(&proxy, a_pid, a_secret).await;
+    let messages = read_until_ready(&mut b).await;
+    assert_eq!(error_code(&messages), None, "A's key cancelled B's query");
+
+    // While A runs a query, A's key cancels it.
+    let started = Instant::now();
+    a.write_all(&query("select pg_sleep(30)")).await.unwrap();
+    wait_running(&admin, "trust_user", "pg_sleep(30)").await;
+    send_cancel(&proxy, a_pid, a_secret).await;
+    let messages = read_until_ready(&mut a).await;
+    assert_eq!(error_code(&messages).as_deref(), Some("57014"));
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(
+        first_value(&raw_query(&mut b, "select 'b goes on'").await),
+        "b goes on"
+    );
+    assert_eq!(
+        first_value(&raw_query(&mut a, "select 'a goes on'").await),
+        "a goes on"
     );
 }

@@ -2,13 +2,17 @@
 //! waiting clients and `query_wait_timeout`, reuse after `server_reset_query`, per-client
 //! startup parameters, `min_pool_size`, `server_idle_timeout`, `server_lifetime`,
 //! `server_connect_timeout`, and clients leaving mid-transaction, mid-COPY or mid-query.
+//!
+//! A session client holds a server from login or from its first query (PgBouncer's way)
+//! until it leaves; these tests do not depend on which: a client counts as holding a server
+//! once it has run a query, and a refusal may come at login or at that first query.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{describe, start_proxy, try_connect_tcp, PgServer, Proxy};
+use common::{describe, start_proxy, PgServer, Proxy};
 use futures_util::SinkExt;
 use tokio::task::JoinHandle;
 use tokio_postgres::{Client, NoTls};
@@ -45,11 +49,13 @@ fn config_to(host: &str, port: u16, settings: &[(&str, &str)]) -> String {
     toml
 }
 
-/// A client of the proxy whose connection task we hold, so that a test can end the
-/// connection abruptly (no Terminate) by aborting it.
+/// A client of the proxy that has run a query (so it holds a server), with the connection
+/// task kept so that a test can end the connection abruptly (no Terminate) by aborting it.
 struct Conn {
     client: Client,
     task: JoinHandle<()>,
+    /// The backend serving it: `pg_backend_pid()` from its first query.
+    pid: i32,
 }
 
 impl Conn {
@@ -71,65 +77,72 @@ impl Conn {
     }
 }
 
-/// Connects as app to `postgres` through the proxy with `setup` applied to the config.
-async fn open_with(proxy: &Proxy, setup: impl FnOnce(&mut tokio_postgres::Config)) -> Conn {
+type Attempt = JoinHandle<Result<Conn, tokio_postgres::Error>>;
+
+/// Connects as app to `postgres` through the proxy, with `setup` applied to the config, and
+/// runs `SELECT pg_backend_pid()`.
+async fn try_open_with(
+    port: u16,
+    setup: impl FnOnce(&mut tokio_postgres::Config),
+) -> Result<Conn, tokio_postgres::Error> {
     let mut config = tokio_postgres::Config::new();
     config
         .host("127.0.0.1")
-        .port(proxy.addr.port())
+        .port(port)
         .user("app")
         .password("app_pw")
         .dbname("postgres");
     setup(&mut config);
-    let (client, connection) = config
-        .connect(NoTls)
-        .await
-        .unwrap_or_else(|e| panic!("connect through pgwarden: {}", describe(&e)));
+    let (client, connection) = config.connect(NoTls).await?;
     let task = tokio::spawn(async move {
         let _ = connection.await;
     });
-    Conn { client, task }
+    match client.query_one("SELECT pg_backend_pid()", &[]).await {
+        Ok(row) => Ok(Conn {
+            pid: row.get(0),
+            client,
+            task,
+        }),
+        Err(err) => {
+            task.abort();
+            Err(err)
+        }
+    }
+}
+
+async fn open_with(proxy: &Proxy, setup: impl FnOnce(&mut tokio_postgres::Config)) -> Conn {
+    let conn = try_open_with(proxy.addr.port(), setup).await;
+    conn.unwrap_or_else(|e| panic!("connect through pgwarden and query: {}", describe(&e)))
 }
 
 async fn open(proxy: &Proxy) -> Conn {
     open_with(proxy, |_| {}).await
 }
 
-/// A connection attempt as app to `postgres` running in its own task, so the test can
-/// watch whether it is still waiting.
-fn spawn_connect(proxy: &Proxy) -> JoinHandle<Result<Client, tokio_postgres::Error>> {
-    let port = proxy.addr.port();
-    tokio::spawn(
-        async move { try_connect_tcp("127.0.0.1", port, "app", "app_pw", "postgres").await },
-    )
+async fn try_open(proxy: &Proxy) -> Result<Conn, tokio_postgres::Error> {
+    try_open_with(proxy.addr.port(), |_| {}).await
 }
 
-/// Asserts that a connection attempt is still waiting for a server.
-async fn assert_waiting(
-    attempt: &mut JoinHandle<Result<Client, tokio_postgres::Error>>,
-    what: &str,
-) {
+/// [`try_open`] in its own task, so the test can watch whether it is still waiting.
+fn spawn_open(proxy: &Proxy) -> Attempt {
+    let port = proxy.addr.port();
+    tokio::spawn(async move { try_open_with(port, |_| {}).await })
+}
+
+/// Asserts that a client is still waiting for a server.
+async fn assert_waiting(attempt: &mut Attempt, what: &str) {
     if tokio::time::timeout(STILL_WAITING, attempt).await.is_ok() {
         panic!("{what} got an answer while the pool was full; it should be waiting");
     }
 }
 
-/// Waits for a connection attempt to succeed.
-async fn connected(
-    attempt: JoinHandle<Result<Client, tokio_postgres::Error>>,
-    what: &str,
-) -> Client {
+/// Waits for a waiting client to get its server.
+async fn served(attempt: Attempt, what: &str) -> Conn {
     let result = tokio::time::timeout(PROMPTLY, attempt).await;
     let result = result.unwrap_or_else(|_| panic!("{what} still waiting after {PROMPTLY:?}"));
     result
         .unwrap()
         .unwrap_or_else(|e| panic!("{what}: {}", describe(&e)))
-}
-
-async fn pid(client: &Client) -> i32 {
-    let row = client.query_one("SELECT pg_backend_pid()", &[]).await;
-    row.unwrap_or_else(|e| panic!("pg_backend_pid: {}", describe(&e)))
-        .get(0)
 }
 
 /// `SELECT <expr>::text` as one value (NULL as `None`).
@@ -140,10 +153,10 @@ async fn text(client: &Client, expr: &str) -> Option<String> {
         .get(0)
 }
 
-/// The SQLSTATE and message of a refused connection.
-fn refusal(result: Result<Client, tokio_postgres::Error>, what: &str) -> (String, String) {
+/// The SQLSTATE and message of a refusal (at login or at the first query).
+fn refusal<T>(result: Result<T, tokio_postgres::Error>, what: &str) -> (String, String) {
     let err = match result {
-        Ok(_) => panic!("{what}: connected, expected a refusal"),
+        Ok(_) => panic!("{what}: got a server, expected a refusal"),
         Err(err) => err,
     };
     let db = err
@@ -176,19 +189,22 @@ async fn a_client_beyond_pool_size_waits_then_reuses_the_freed_server() {
     let pg = PgServer::start();
     let proxy = start_proxy(&config(&pg, &[("pool_size", "2")])).await;
     let first = open(&proxy).await;
-    let first_pid = pid(&first.client).await;
     let second = open(&proxy).await;
-    let second_pid = pid(&second.client).await;
+    assert_ne!(first.pid, second.pid);
     assert_eq!(pg.backend_count("app").await, 2);
 
-    let mut third = spawn_connect(&proxy);
+    let mut third = spawn_open(&proxy);
     assert_waiting(&mut third, "a third client").await;
     assert_eq!(pg.backend_count("app").await, 2);
 
+    let first_pid = first.pid;
     first.close().await;
-    let third = connected(third, "the third client").await;
-    assert_eq!(pid(&third).await, first_pid, "the freed server is reused");
-    assert_eq!(pid(&second.client).await, second_pid);
+    let third = served(third, "the third client").await;
+    assert_eq!(third.pid, first_pid, "the freed server is reused");
+    assert_eq!(
+        text(&second.client, "pg_backend_pid()").await,
+        Some(second.pid.to_string())
+    );
     assert_eq!(pg.backend_count("app").await, 2);
 }
 
@@ -197,11 +213,11 @@ async fn queued_clients_get_the_server_one_at_a_time() {
     let pg = PgServer::start();
     let proxy = start_proxy(&config(&pg, &[("pool_size", "1")])).await;
     let holder = open(&proxy).await;
-    let server_pid = pid(&holder.client).await;
+    let server_pid = holder.pid;
 
-    let mut a = spawn_connect(&proxy);
+    let mut a = spawn_open(&proxy);
     assert_waiting(&mut a, "waiter A").await;
-    let mut b = spawn_connect(&proxy);
+    let mut b = spawn_open(&proxy);
     assert_waiting(&mut b, "waiter B").await;
     assert_waiting(&mut a, "waiter A").await;
 
@@ -215,11 +231,11 @@ async fn queued_clients_get_the_server_one_at_a_time() {
     let first = first
         .unwrap()
         .unwrap_or_else(|e| panic!("first waiter: {}", describe(&e)));
-    assert_eq!(pid(&first).await, server_pid);
+    assert_eq!(first.pid, server_pid);
     assert_waiting(&mut other, "the second waiter").await;
-    drop(first);
-    let second = connected(other, "the second waiter").await;
-    assert_eq!(pid(&second).await, server_pid);
+    first.close().await;
+    let second = served(other, "the second waiter").await;
+    assert_eq!(second.pid, server_pid);
     assert_eq!(pg.backend_count("app").await, 1);
 }
 
@@ -231,7 +247,7 @@ async fn query_wait_timeout_refuses_with_53300_naming_the_caps() {
     let holder = open(&proxy).await;
 
     let started = Instant::now();
-    let result = proxy.try_connect("app", "app_pw", "postgres").await;
+    let result = try_open(&proxy).await;
     let waited = started.elapsed();
     let (code, message) = refusal(result, "a client of a full pool");
     assert_eq!(code, "53300", "{message}");
@@ -245,10 +261,10 @@ async fn query_wait_timeout_refuses_with_53300_naming_the_caps() {
     );
 
     // The pool still works: the holder's server goes to the next client.
-    let holder_pid = pid(&holder.client).await;
+    let holder_pid = holder.pid;
     holder.close().await;
     let next = open(&proxy).await;
-    assert_eq!(pid(&next.client).await, holder_pid);
+    assert_eq!(next.pid, holder_pid);
     assert_eq!(pg.backend_count("app").await, 1);
 }
 
@@ -265,34 +281,31 @@ async fn a_reused_server_carries_nothing_of_the_previous_session() {
         )
         .await
         .unwrap_or_else(|e| panic!("session setup: {}", describe(&e)));
-    assert_eq!(
-        text(&first.client, "current_setting('work_mem')")
-            .await
-            .unwrap(),
-        "7MB"
-    );
-    let first_pid = pid(&first.client).await;
+    let work_mem = text(&first.client, "current_setting('work_mem')").await;
+    assert_eq!(work_mem.as_deref(), Some("7MB"));
+    let first_pid = first.pid;
     first.close().await;
 
     let second = open(&proxy).await;
+    assert_eq!(second.pid, first_pid, "pool_size 1: the same server");
     let c = &second.client;
-    assert_eq!(pid(c).await, first_pid, "pool_size 1: the same server");
-    assert_eq!(text(c, "current_setting('work_mem')").await.unwrap(), "4MB");
-    assert_eq!(
-        text(c, "to_regclass('pg_temp.t')").await,
-        None,
-        "temp table t survived"
+    let work_mem = text(c, "current_setting('work_mem')").await;
+    assert_eq!(work_mem.as_deref(), Some("4MB"), "SET work_mem survived");
+    let temp_table = text(c, "to_regclass('pg_temp.t')").await;
+    assert_eq!(temp_table, None, "temp table t survived");
+    let prepared = text(
+        c,
+        "(SELECT count(*) FROM pg_prepared_statements WHERE name = 'p')",
     );
-    let prepared = "(SELECT count(*) FROM pg_prepared_statements WHERE name = 'p')";
     assert_eq!(
-        text(c, prepared).await.unwrap(),
-        "0",
+        prepared.await.as_deref(),
+        Some("0"),
         "prepared statement p survived"
     );
-    let listening = "(SELECT count(*) FROM pg_listening_channels())";
+    let listening = text(c, "(SELECT count(*) FROM pg_listening_channels())");
     assert_eq!(
-        text(c, listening).await.unwrap(),
-        "0",
+        listening.await.as_deref(),
+        Some("0"),
         "LISTEN chan survived"
     );
 }
@@ -308,8 +321,8 @@ async fn startup_parameters_apply_to_each_client_of_a_shared_server() {
         c.application_name("one");
     })
     .await;
-    let server_pid = pid(&one.client).await;
-    assert_eq!(text(&one.client, settings).await.unwrap(), "one|0");
+    let server_pid = one.pid;
+    assert_eq!(text(&one.client, settings).await.as_deref(), Some("one|0"));
     one.close().await;
 
     let two = open_with(&proxy, |c| {
@@ -317,13 +330,16 @@ async fn startup_parameters_apply_to_each_client_of_a_shared_server() {
             .options("-c statement_timeout=1234");
     })
     .await;
-    assert_eq!(pid(&two.client).await, server_pid);
-    assert_eq!(text(&two.client, settings).await.unwrap(), "two|1234ms");
+    assert_eq!(two.pid, server_pid);
+    assert_eq!(
+        text(&two.client, settings).await.as_deref(),
+        Some("two|1234ms")
+    );
     two.close().await;
 
     let three = open(&proxy).await;
-    assert_eq!(pid(&three.client).await, server_pid);
-    assert_eq!(text(&three.client, settings).await.unwrap(), "|0");
+    assert_eq!(three.pid, server_pid);
+    assert_eq!(text(&three.client, settings).await.as_deref(), Some("|0"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -346,10 +362,16 @@ async fn server_idle_timeout_closes_idle_servers() {
     assert_eq!(pg.backend_count("app").await, 2);
     a.close().await;
     b.close().await;
+    let abandoned = Instant::now();
     pg.wait_backends("app", 0).await;
+    assert!(
+        abandoned.elapsed() < Duration::from_secs(5),
+        "the abandoned query ran on for {:?} instead of being cancelled",
+        abandoned.elapsed()
+    );
     // The pool opens servers again when needed.
     let c = open(&proxy).await;
-    assert_eq!(text(&c.client, "1").await.unwrap(), "1");
+    assert_eq!(text(&c.client, "1").await.as_deref(), Some("1"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -360,14 +382,13 @@ async fn a_server_past_server_lifetime_is_not_reused() {
     let a = open(&proxy).await;
     // The server is at least as old as this instant.
     let born = Instant::now();
-    let a_pid = pid(&a.client).await;
+    let a_pid = a.pid;
     a.close().await;
     // Letting the server age is the condition under test, not synchronisation.
     tokio::time::sleep_until((born + Duration::from_millis(1100)).into()).await;
     let b = open(&proxy).await;
     assert_ne!(
-        pid(&b.client).await,
-        a_pid,
+        b.pid, a_pid,
         "a server older than server_lifetime was reused"
     );
     pg.wait_backends("app", 1).await;
@@ -387,12 +408,9 @@ async fn server_connect_timeout_names_the_setting() {
     let toml = config_to("127.0.0.1", port, &[("server_connect_timeout", "\"1s\"")]);
     let proxy = start_proxy(&toml).await;
     let started = Instant::now();
-    let result = tokio::time::timeout(
-        Duration::from_secs(3),
-        proxy.try_connect("app", "app_pw", "postgres"),
-    )
-    .await
-    .expect("no answer within 3s with server_connect_timeout = 1s");
+    let result = tokio::time::timeout(Duration::from_secs(3), try_open(&proxy))
+        .await
+        .expect("no answer within 3s with server_connect_timeout = 1s");
     let waited = started.elapsed();
     let (code, message) = refusal(result, "a silent server");
     assert_eq!(code, "08001", "{message}");
@@ -409,8 +427,7 @@ async fn a_route_to_a_closed_port_is_a_clear_08001() {
     let port = closed.local_addr().unwrap().port();
     drop(closed);
     let proxy = start_proxy(&config_to("127.0.0.1", port, &[])).await;
-    let result = proxy.try_connect("app", "app_pw", "postgres").await;
-    let (code, message) = refusal(result, "a closed port");
+    let (code, message) = refusal(try_open(&proxy).await, "a closed port");
     assert_eq!(code, "08001", "{message}");
     let expected = format!("could not connect to server 127.0.0.1:{port}");
     assert!(
@@ -519,8 +536,11 @@ async fn leaving_mid_query_frees_the_pool_slot_at_once() {
     let pg = PgServer::start();
     let admin = pg.admin().await;
     let proxy = start_proxy(&config(&pg, &[("pool_size", "1")])).await;
-    let Conn { client, task } = open(&proxy).await;
-    let busy_pid = pid(&client).await;
+    let Conn {
+        client,
+        task,
+        pid: busy_pid,
+    } = open(&proxy).await;
     let query = tokio::spawn(async move {
         let _ = client.simple_query("SELECT pg_sleep(10)").await;
     });
@@ -531,21 +551,31 @@ async fn leaving_mid_query_frees_the_pool_slot_at_once() {
     query.abort();
     let _ = query.await;
 
+    // The abandoned query is cancelled and its backend exits before the slot is reused, so
+    // Postgres never sees more than pool_size backends from this pool.
+    let abandoned = Instant::now();
+    pg.wait_backends("app", 0).await;
+    assert!(
+        abandoned.elapsed() < Duration::from_secs(5),
+        "the abandoned query ran on for {:?} instead of being cancelled",
+        abandoned.elapsed()
+    );
+
     // The busy server cannot be reused, but its slot is free: the next client gets a new
     // server at once instead of waiting for the 10 s query.
     let started = Instant::now();
     let next = tokio::time::timeout(Duration::from_secs(3), open(&proxy))
         .await
         .expect("the next client waited more than 3s for a server");
-    let next_pid = pid(&next.client).await;
     assert!(
         started.elapsed() < Duration::from_secs(3),
         "took {:?}",
         started.elapsed()
     );
     assert_ne!(
-        next_pid, busy_pid,
+        next.pid, busy_pid,
         "a server busy with another client's query was handed out"
     );
-    assert_eq!(text(&next.client, "1").await.unwrap(), "1");
+    assert_eq!(text(&next.client, "1").await.as_deref(), Some("1"));
+    assert_eq!(pg.backend_count("app").await, 1, "pool_size = 1 exceeded");
 }

@@ -303,11 +303,19 @@ async fn copy_from_stdin_loads_a_megabyte() {
         .unwrap();
     let err = sink.as_mut().finish().await.unwrap_err();
     assert_eq!(sqlstate(&err), "22P02");
+
+    // A COPY the client abandons (CopyFail) loads nothing, and the session goes on.
+    {
+        let sink = client.copy_in("copy loaded (id) from stdin").await.unwrap();
+        futures_util::pin_mut!(sink);
+        sink.send(Bytes::from_static(b"999\n")).await.unwrap();
+    }
     let row = client
-        .query_one("select count(*) from loaded", &[])
+        .query_one("select count(*), max(id) from loaded", &[])
         .await
         .unwrap();
     assert_eq!(row.get::<_, i64>(0), ROWS as i64);
+    assert_eq!(row.get::<_, Option<i32>>(1), Some(ROWS as i32 - 1));
 }
 
 /// All the bytes of a COPY TO STDOUT.

@@ -417,7 +417,11 @@ async fn login_reports_the_same_parameters_as_postgres() {
         ("show search_path", "pg_catalog,public"),
     ] {
         assert_eq!(raw_select(&mut direct, sql).await, value, "direct: {sql}");
-        assert_eq!(raw_select(&mut through, sql).await, value, "pgwarden: {sql}");
+        assert_eq!(
+            raw_select(&mut through, sql).await,
+            value,
+            "pgwarden: {sql}"
+        );
     }
 }
 
@@ -427,7 +431,10 @@ async fn a_query_sent_right_behind_the_startup_packet_is_answered() {
     // query in the same write as its StartupMessage.
     let (_pg, proxy) = setup("trust").await;
     let mut stream = dial(&proxy).await;
-    let mut bytes = startup(PROTOCOL_3_0, &[("user", "trust_user"), ("database", "appdb")]);
+    let mut bytes = startup(
+        PROTOCOL_3_0,
+        &[("user", "trust_user"), ("database", "appdb")],
+    );
     bytes.extend(query("select 'eager'"));
     stream.write_all(&bytes).await.unwrap();
     expect_login_ok(read_until_ready(&mut stream).await);
@@ -442,7 +449,10 @@ async fn a_startup_packet_trickling_in_byte_by_byte_is_read_whole() {
     let mut stream = dial(&proxy).await;
     stream.set_nodelay(true).unwrap();
     let mut bytes = packet(SSL_REQUEST, b"");
-    bytes.extend(startup(PROTOCOL_3_0, &[("user", "trust_user"), ("database", "appdb")]));
+    bytes.extend(startup(
+        PROTOCOL_3_0,
+        &[("user", "trust_user"), ("database", "appdb")],
+    ));
     let (ssl, rest) = bytes.split_at(8);
     for byte in ssl {
         stream.write_all(&[*byte]).await.unwrap();
@@ -478,15 +488,26 @@ async fn malformed_startup_packets_are_08p01_as_in_postgres() {
         let mut direct = TcpStream::connect(("127.0.0.1", pg.port)).await.unwrap();
         direct.write_all(&bytes).await.unwrap();
         let postgres_says = error_code_of(&read_to_end(&mut direct).await);
-        assert_eq!(postgres_says.as_deref(), Some("08P01"), "Postgres on {what}");
+        assert_eq!(
+            postgres_says.as_deref(),
+            Some("08P01"),
+            "Postgres on {what}"
+        );
         let mut stream = dial(&proxy).await;
         stream.write_all(&bytes).await.unwrap();
         let answer = read_to_end(&mut stream).await;
         if error_code_of(&answer) != postgres_says {
-            wrong.push(format!("{what}: got {:?}", String::from_utf8_lossy(&answer)));
+            wrong.push(format!(
+                "{what}: got {:?}",
+                String::from_utf8_lossy(&answer)
+            ));
         }
     }
-    assert!(wrong.is_empty(), "not refused with 08P01 as Postgres does:\n{}", wrong.join("\n"));
+    assert!(
+        wrong.is_empty(),
+        "not refused with 08P01 as Postgres does:\n{}",
+        wrong.join("\n")
+    );
     still_serves(&proxy).await;
 }
 
@@ -514,7 +535,7 @@ async fn startup_lengths_out_of_range_are_refused_and_others_still_served() {
     let (_pg, proxy) = setup("scram-sha-256").await;
     let bystander = proxy.connect("app", "app_pw", "appdb").await;
 
-    for len in [0u32, 4, 7, 10_001, 1 << 20, u32::MAX] {
+    for len in [0u32, 4, 7, 10_005, 1 << 20, u32::MAX] {
         let mut stream = dial(&proxy).await;
         let mut bytes = len.to_be_bytes().to_vec();
         bytes.extend_from_slice(&PROTOCOL_3_0.to_be_bytes());
@@ -533,6 +554,60 @@ async fn startup_lengths_out_of_range_are_refused_and_others_still_served() {
         .unwrap();
     assert_eq!(row.get::<_, &str>(0), "bystander");
     still_serves(&proxy).await;
+}
+
+/// A StartupMessage for `trust_user` padded with a custom setting `x.pad` to exactly `len`
+/// bytes, and the length of the padding.
+fn startup_of_length(len: usize) -> (Vec<u8>, usize) {
+    let mut params = vec![("user", "trust_user"), ("database", "appdb"), ("x.pad", "")];
+    let pad = "p".repeat(len - startup(PROTOCOL_3_0, &params).len());
+    params[2].1 = &pad;
+    let packet = startup(PROTOCOL_3_0, &params);
+    assert_eq!(packet.len(), len);
+    (packet, pad.len())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn startup_packets_as_long_as_postgres_takes_are_accepted() {
+    // Postgres' MAX_STARTUP_PACKET_LENGTH (10000) bounds the packet without its length word:
+    // 10004 bytes in all is the longest it accepts.
+    let (pg, proxy) = setup("trust").await;
+    let (longest, pad_len) = startup_of_length(10_004);
+    let direct = std::net::SocketAddr::from(([127, 0, 0, 1], pg.port));
+    let mut refused = Vec::new();
+    for (name, addr) in [("Postgres", direct), ("pgwarden", proxy.addr)] {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream.write_all(&longest).await.unwrap();
+        let first = read_message(&mut stream).await;
+        if first.as_ref().map(|(tag, _)| *tag) != Some(b'R') {
+            let said = match &first {
+                Some((b'E', body)) => format!("{:?}", fields(body)[&b'M']),
+                other => format!("{other:?}"),
+            };
+            refused.push(format!("{name}: {said}"));
+            continue;
+        }
+        read_until_ready(&mut stream).await;
+        let sql = "select length(current_setting('x.pad'))::text";
+        assert_eq!(
+            raw_select(&mut stream, sql).await,
+            pad_len.to_string(),
+            "{name}"
+        );
+
+        // One byte more is refused (Postgres closes; pgwarden may say why first).
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let _ = stream.write_all(&startup_of_length(10_005).0).await;
+        let answer = read_to_end(&mut stream).await;
+        if !answer.is_empty() {
+            expect_error(&answer, "08P01");
+        }
+    }
+    assert!(
+        refused.is_empty(),
+        "a 10004-byte StartupMessage was refused:\n{}",
+        refused.join("\n")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,7 +2,10 @@
 
 use std::ops::{Deref, DerefMut};
 
-use tracing::debug;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tracing::{debug, warn};
 
 use super::Pool;
 use crate::server::ServerConn;
@@ -34,8 +37,8 @@ impl PooledServer {
             return;
         };
         if !clean {
-            self.pool
-                .discard(server, "client left it mid-transaction or mid-request");
+            abandon(&mut server).await;
+            self.pool.discard(server, "client left it mid-transaction or mid-request");
             return;
         }
         let settings = self.pool.settings();
@@ -67,6 +70,28 @@ impl PooledServer {
         if let Some(server) = self.server.take() {
             self.pool.discard(server, reason);
         }
+    }
+}
+
+/// How long a server left mid-request gets to stop before its slot is freed regardless.
+const ABANDON_WAIT: Duration = Duration::from_secs(5);
+
+/// Stops a backend left mid-request. Closing the socket alone would let a running query go
+/// on (Postgres notices a gone client only when it next reads or writes) while the slot is
+/// already reused, exceeding `pool_size` for as long as the query runs. So: cancel the
+/// query, ask the backend to exit, and wait (bounded) until it has.
+async fn abandon(server: &mut ServerConn) {
+    crate::cancel::send(&server.target, server.key).await;
+    let mut out = bytes::BytesMut::new();
+    crate::protocol::messages::terminate(&mut out);
+    let gone = async {
+        server.stream.write_all(&out).await?;
+        let mut sink = [0u8; 8192];
+        while server.stream.read(&mut sink).await? > 0 {}
+        Ok::<(), std::io::Error>(())
+    };
+    if tokio::time::timeout(ABANDON_WAIT, gone).await.is_err() {
+        warn!(server_id = server.id, "server still busy {ABANDON_WAIT:?} after cancel; closing it anyway");
     }
 }
 
