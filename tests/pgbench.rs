@@ -63,6 +63,22 @@ async fn proxy(pg: &PgServer, pool_size: u32, auth_type: &str) -> Proxy {
     .await
 }
 
+/// Opens `n` servers in the pool (the proxy attaches a server at a client's first query)
+/// and returns them, so that a timed run measures queries, not server logins: those cost a
+/// SCRAM key derivation each, slow in a debug build on a busy machine.
+async fn warm_up(proxy: &Proxy, n: usize) {
+    let clients = (0..n).map(|_| async {
+        let client = proxy.connect("postgres", "postgres", "postgres").await;
+        client
+            .query_one("select 1", &[])
+            .await
+            .expect("warm-up query");
+        client
+    });
+    let clients = futures_util::future::join_all(clients).await;
+    drop(clients);
+}
+
 fn text(out: &Output) -> String {
     format!(
         "{}{}",
@@ -103,6 +119,7 @@ async fn select_only_for_three_seconds(mode: &str) {
     let pg = PgServer::start();
     init_tables(&pg).await;
     let proxy = proxy(&pg, 8, "scram-sha-256").await;
+    warm_up(&proxy, 8).await;
     let args = ["-S", "-T", "3", "-c", "8", "-j", "2", "-M", mode];
     let out = pgbench(proxy.addr.port(), &args).await;
     let output = assert_clean_run(&out);

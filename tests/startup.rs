@@ -512,6 +512,48 @@ async fn malformed_startup_packets_are_08p01_as_in_postgres() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replication_startup_is_not_silently_turned_into_a_plain_session() {
+    // Postgres answers `replication=database` with a walsender (or an error saying why
+    // not); a pooler that cannot relay replication must refuse it, not hand out a normal
+    // session that then fails on IDENTIFY_SYSTEM.
+    let (pg, proxy) = setup("trust").await;
+    let hello = startup(
+        PROTOCOL_3_0,
+        &[
+            ("user", "trust_user"),
+            ("database", "appdb"),
+            ("replication", "database"),
+        ],
+    );
+    let mut direct = TcpStream::connect(("127.0.0.1", pg.port)).await.unwrap();
+    direct.write_all(&hello).await.unwrap();
+    let postgres_says = read_to_end(&mut direct).await;
+    // (Here: max_wal_senders = 0, so 53300; a role without REPLICATION would get 42501.)
+    assert!(
+        error_code_of(&postgres_says).is_some(),
+        "Postgres refuses this replication connection: {postgres_says:?}"
+    );
+
+    let mut stream = dial(&proxy).await;
+    stream.write_all(&hello).await.unwrap();
+    let first = read_message(&mut stream).await;
+    match first {
+        Some((b'E', body)) => {
+            let fields = fields(&body);
+            assert_eq!(fields[&b'S'], "FATAL", "{fields:?}");
+        }
+        other => {
+            let login = read_until_ready(&mut stream).await;
+            panic!(
+                "pgwarden accepted a replication connection as a plain session: {:?} then {}",
+                other.map(|(t, _)| t as char),
+                tags(&login)
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn protocol_2_0_is_refused_with_0a000() {
     let (_pg, proxy) = setup("trust").await;
     let mut stream = dial(&proxy).await;

@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use bytes::BytesMut;
 use thiserror::Error;
 use tokio::io::AsyncWriteExt;
-use tracing::{info, info_span, Instrument};
+use tracing::{debug, info};
 
 use crate::auth::AuthError;
 use crate::context::Context;
@@ -66,13 +66,11 @@ impl ClientError {
 
 /// Serves one client connection to the end. Never panics on client input; every refusal
 /// is reported to the client as an ErrorResponse before the socket closes.
-pub async fn serve(stream: Stream, peer: Option<SocketAddr>, ctx: Context) {
-    let span =
-        info_span!("client", peer = %peer.map_or_else(|| "unix".to_owned(), |p| p.to_string()));
-    serve_inner(stream, ctx).instrument(span).await
-}
-
-async fn serve_inner(mut stream: Stream, ctx: Context) {
+///
+/// Log lines carry the peer as a field rather than through a span: a span would be entered
+/// and left on every poll of the relay, a cost paid per message for the sake of four lines.
+pub async fn serve(mut stream: Stream, peer: Option<SocketAddr>, ctx: Context) {
+    let peer = peer.map_or_else(|| "unix".to_owned(), |p| p.to_string());
     let mut buf = BytesMut::new();
     let login_timeout = ctx.config.client_login_timeout;
     let hello = handshake::with_deadline(
@@ -83,20 +81,23 @@ async fn serve_inner(mut stream: Stream, ctx: Context) {
     let startup = match hello {
         Ok(Some(startup)) => startup,
         Ok(None) => return, // a cancel request: answered by closing
-        Err(err) => return refuse(&mut stream, &err, "").await,
+        Err(err) => {
+            debug!(%peer, cause = %err, "client refused before login");
+            return refuse(&mut stream, &err, "").await;
+        }
     };
     let user = startup.user.clone();
-    info!(user = %startup.user, database = %startup.database, "client connected");
+    info!(%peer, user = %startup.user, database = %startup.database, "client connected");
     let login = login::login(&mut stream, &mut buf, &ctx, &startup);
     let session = match handshake::with_deadline(login_timeout, login).await {
         Ok(session) => session,
         Err(err) => {
-            info!(user = %user, cause = %err, "client refused");
+            info!(%peer, user = %user, cause = %err, "client refused");
             return refuse(&mut stream, &err, &user).await;
         }
     };
     let reason = relay::run(&mut stream, buf, session, &ctx).await;
-    info!(user = %user, reason = %reason, "client disconnected");
+    info!(%peer, user = %user, reason = %reason, "client disconnected");
 }
 
 async fn refuse(stream: &mut Stream, err: &ClientError, user: &str) {

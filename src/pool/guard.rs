@@ -38,7 +38,8 @@ impl PooledServer {
         };
         if !clean {
             abandon(&mut server).await;
-            self.pool.discard(server, "client left it mid-transaction or mid-request");
+            self.pool
+                .discard(server, "client left it mid-transaction or mid-request");
             return;
         }
         let settings = self.pool.settings();
@@ -91,7 +92,10 @@ async fn abandon(server: &mut ServerConn) {
         Ok::<(), std::io::Error>(())
     };
     if tokio::time::timeout(ABANDON_WAIT, gone).await.is_err() {
-        warn!(server_id = server.id, "server still busy {ABANDON_WAIT:?} after cancel; closing it anyway");
+        warn!(
+            server_id = server.id,
+            "server still busy {ABANDON_WAIT:?} after cancel; closing it anyway"
+        );
     }
 }
 

@@ -22,20 +22,29 @@ impl Effects {
     }
 }
 
+/// How deep dollar-quoted bodies are read as code; hostile nesting cannot recurse further.
+const MAX_NESTING: usize = 4;
+
 /// Classifies every statement in `sql`.
 pub fn effects(sql: &[u8]) -> Effects {
+    effects_at(sql, 0)
+}
+
+fn effects_at(sql: &[u8], depth: usize) -> Effects {
     let mut out = Effects::default();
-    if contains_ci(sql, b"set_config") {
-        out.settings = true;
-    }
-    if contains_ci(sql, b"pg_advisory_lock") || contains_ci(sql, b"pg_try_advisory_lock") {
-        out.pins = Some("session-level advisory lock");
-    }
     let mut words = Words { sql, pos: 0 };
     let mut statement: Vec<&[u8]> = Vec::with_capacity(4);
     loop {
         match words.next() {
-            Some(Token::Word(w)) => statement.push(w),
+            Some(Token::Word(w)) => {
+                out.merge(function_effects(w));
+                statement.push(w);
+            }
+            // A dollar-quoted body is usually code (DO blocks, function bodies).
+            Some(Token::Body(body)) if depth < MAX_NESTING => {
+                out.merge(effects_at(body, depth + 1))
+            }
+            Some(Token::Body(_)) => {}
             Some(Token::End) | None => {
                 out.merge(statement_effects(&statement));
                 statement.clear();
@@ -73,13 +82,30 @@ fn statement_effects(words: &[&[u8]]) -> Effects {
     out
 }
 
-fn contains_ci(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len())
-        .any(|w| w.eq_ignore_ascii_case(needle))
+/// Functions whose calls change the session wherever they appear in a statement.
+fn function_effects(word: &[u8]) -> Effects {
+    const SESSION_LOCKS: [&str; 4] = [
+        "pg_advisory_lock",
+        "pg_advisory_lock_shared",
+        "pg_try_advisory_lock",
+        "pg_try_advisory_lock_shared",
+    ];
+    let mut out = Effects::default();
+    if word.eq_ignore_ascii_case(b"set_config") {
+        out.settings = true;
+    } else if SESSION_LOCKS
+        .iter()
+        .any(|f| word.eq_ignore_ascii_case(f.as_bytes()))
+    {
+        out.pins = Some("session-level advisory lock");
+    }
+    out
 }
 
 enum Token<'a> {
     Word(&'a [u8]),
+    /// The inside of a dollar-quoted string.
+    Body(&'a [u8]),
     /// A `;` (end of one statement).
     End,
 }
@@ -108,7 +134,9 @@ impl<'a> Iterator for Words<'a> {
                 b'/' if next == Some(b'*') => self.skip_block_comment(),
                 b'\'' => self.skip_quoted(b'\''),
                 b'"' => self.skip_quoted(b'"'),
-                b'$' if self.dollar_tag().is_some() => self.skip_dollar_quote(),
+                b'$' if self.dollar_tag().is_some() => {
+                    return Some(Token::Body(self.skip_dollar_quote()))
+                }
                 c if c.is_ascii_alphabetic() || c == b'_' => {
                     let start = self.pos;
                     while self.pos < sql.len()
@@ -126,7 +154,7 @@ impl<'a> Iterator for Words<'a> {
     }
 }
 
-impl Words<'_> {
+impl<'a> Words<'a> {
     fn skip_until(&mut self, end: &[u8]) {
         match find(&self.sql[self.pos..], end) {
             Some(i) => self.pos += i + end.len(),
@@ -185,16 +213,20 @@ impl Words<'_> {
             .then_some(len + 2)
     }
 
-    fn skip_dollar_quote(&mut self) {
+    /// Skips a dollar-quoted string and returns its inside.
+    fn skip_dollar_quote(&mut self) -> &'a [u8] {
+        let sql = self.sql;
         let Some(tag_len) = self.dollar_tag() else {
-            return;
+            return &[];
         };
-        let tag = &self.sql[self.pos..self.pos + tag_len];
-        self.pos += tag_len;
-        match find(&self.sql[self.pos..], tag) {
-            Some(i) => self.pos += i + tag_len,
-            None => self.pos = self.sql.len(),
-        }
+        let tag = &sql[self.pos..self.pos + tag_len];
+        let start = self.pos + tag_len;
+        let (body, end) = match find(&sql[start..], tag) {
+            Some(i) => (&sql[start..start + i], start + i + tag_len),
+            None => (&sql[start..], sql.len()),
+        };
+        self.pos = end;
+        body
     }
 }
 
@@ -222,8 +254,13 @@ mod tests {
         assert!(!fx("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE").settings);
         assert!(!fx("UPDATE t SET x = 1").settings);
         assert!(!fx("select 'set x = 1'; select \"set\" from t").settings);
-        assert!(!fx("select $$ ; set x = 1 $$").settings);
-        assert!(!fx("select $f$ ; set x = 1 $f$, 1 offset 2").settings);
+        assert!(!fx("select 1 offset 2").settings);
+        assert!(!fx("select 'set_config(1)'").settings);
+        // Dollar-quoted bodies are read as code: DO blocks can change the session.
+        assert!(fx("do $$ begin perform set_config('a.b', '1', false); end $$").settings);
+        assert!(fx("do $f$ begin perform pg_advisory_lock(1); end $f$")
+            .pins
+            .is_some());
     }
 
     #[test]
@@ -259,6 +296,12 @@ mod tests {
 
     #[test]
     fn hostile_text_never_panics() {
+        let nested: String = (0..50_000).map(|i| format!("$t{i}$ ")).collect::<String>()
+            + &(0..50_000)
+                .rev()
+                .map(|i| format!("$t{i}$ "))
+                .collect::<String>();
+        let _ = fx(&nested);
         for sql in [
             "'", "\"", "$", "$a", "$a$", "/*", "/* /* */", "--", "E'\\", "';", "$$;$",
         ] {
