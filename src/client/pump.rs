@@ -120,6 +120,11 @@ pub struct Tracker {
     watch_state: bool,
     /// What the client's statements since the last boundary may have left on the server.
     pub effects: Effects,
+    /// Syncs sent since the last Execute or Query: if that request starts a COPY FROM
+    /// STDIN, the server ignores them (as it ignores every Sync until CopyDone/CopyFail).
+    syncs_since_request: usize,
+    /// The server is in COPY-IN mode and the client has not ended it yet.
+    copy_in: bool,
 }
 
 impl Tracker {
@@ -130,6 +135,8 @@ impl Tracker {
             status: TransactionStatus::Idle,
             watch_state,
             effects: Effects::default(),
+            syncs_since_request: 0,
+            copy_in: false,
         }
     }
 
@@ -151,14 +158,22 @@ impl Tracker {
         match tag {
             frontend::QUERY => {
                 self.pending += 1;
+                self.syncs_since_request = 0;
                 if let Some(msg) = msg.filter(|_| self.watch_state) {
                     self.effects.merge(sql::effects(&msg[5..]));
                 }
             }
             frontend::FUNCTION_CALL => self.pending += 1,
+            frontend::SYNC if self.copy_in => {}
             frontend::SYNC => {
                 self.pending += 1;
+                self.syncs_since_request += 1;
                 self.unsynced = false;
+            }
+            frontend::COPY_DONE | frontend::COPY_FAIL => self.copy_in = false,
+            frontend::EXECUTE => {
+                self.unsynced = true;
+                self.syncs_since_request = 0;
             }
             frontend::PARSE => {
                 self.unsynced = true;
@@ -166,11 +181,9 @@ impl Tracker {
                     self.parse_message(&msg[5..]);
                 }
             }
-            frontend::BIND
-            | frontend::DESCRIBE
-            | frontend::EXECUTE
-            | frontend::CLOSE
-            | frontend::FLUSH => self.unsynced = true,
+            frontend::BIND | frontend::DESCRIBE | frontend::CLOSE | frontend::FLUSH => {
+                self.unsynced = true
+            }
             frontend::TERMINATE => return Flow::Stop,
             _ => {}
         }
@@ -195,6 +208,14 @@ impl Tracker {
                 if let Some(status) = msg.and_then(|m| TransactionStatus::from_body(&m[5..])) {
                     self.status = status;
                 }
+            }
+            // COPY FROM STDIN began: Syncs the client sent after the request that started it
+            // were ignored by the server, and an extended-protocol request still needs one.
+            backend::COPY_IN_RESPONSE => {
+                self.pending -= self.syncs_since_request.min(self.pending);
+                self.unsynced |= self.syncs_since_request > 0;
+                self.syncs_since_request = 0;
+                self.copy_in = true;
             }
             // A reported parameter changed under the client's own statements.
             backend::PARAMETER_STATUS if self.watch_state => self.effects.settings = true,

@@ -23,6 +23,7 @@ pub mod frontend {
 pub mod backend {
     pub const AUTHENTICATION: u8 = b'R';
     pub const BACKEND_KEY_DATA: u8 = b'K';
+    pub const COPY_IN_RESPONSE: u8 = b'G';
     pub const DATA_ROW: u8 = b'D';
     pub const ERROR_RESPONSE: u8 = b'E';
     pub const NEGOTIATE_PROTOCOL_VERSION: u8 = b'v';
