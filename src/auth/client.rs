@@ -4,6 +4,7 @@
 use std::sync::OnceLock;
 
 use bytes::{Buf as _, Bytes, BytesMut};
+use dashmap::DashMap;
 use pgwire::messages::startup::Authentication;
 use subtle::ConstantTimeEq as _;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _};
@@ -128,9 +129,7 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
         }
         (AuthType::Md5, _) => md5_exchange(conn, user, secret).await,
         (AuthType::ScramSha256, Secret::Plain(password)) => {
-            let salt: [u8; scram::SALT_LEN] = rand::random();
-            let verifier =
-                derive_verifier(password.as_bytes(), &salt, scram::DEFAULT_ITERATIONS).await;
+            let verifier = verifier_for_plain(password).await;
             scram_exchange(conn, &verifier).await
         }
         (AuthType::ScramSha256, Secret::Md5(_)) => Err(AuthError::Unsupported {
@@ -245,6 +244,20 @@ async fn scram_exchange<S: AsyncRead + AsyncWrite + Unpin>(
 
 /// PBKDF2 with thousands of iterations takes milliseconds of CPU, which must not stall the
 /// other connections sharing this runtime thread.
+/// The SCRAM verifier for a configured plain-text password, derived once per process.
+/// PBKDF2 costs milliseconds by design; paying it on every login would let a reconnect storm
+/// burn the proxy's CPU. Postgres, too, keeps one verifier (one salt) per password.
+async fn verifier_for_plain(password: &str) -> ScramVerifier {
+    static CACHE: OnceLock<DashMap<String, ScramVerifier>> = OnceLock::new();
+    let cache = CACHE.get_or_init(DashMap::new);
+    if let Some(verifier) = cache.get(password) {
+        return verifier.clone();
+    }
+    let salt: [u8; scram::SALT_LEN] = rand::random();
+    let verifier = derive_verifier(password.as_bytes(), &salt, scram::DEFAULT_ITERATIONS).await;
+    cache.entry(password.to_owned()).or_insert(verifier).clone()
+}
+
 async fn derive_verifier(password: &[u8], salt: &[u8], iterations: u32) -> ScramVerifier {
     let (password, salt) = (password.to_vec(), salt.to_vec());
     let derive = move || scram::verifier_from_bytes(&password, &salt, iterations);
