@@ -50,6 +50,19 @@ impl Stream {
         }
     }
 
+    /// Writes all of `buf`, through `&self` (the relay holds only shared references).
+    pub async fn write_all_ready(&self, mut buf: &[u8]) -> io::Result<()> {
+        while !buf.is_empty() {
+            self.writable().await?;
+            match self.try_write(buf) {
+                Ok(n) => buf = &buf[n..],
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
     /// True if the peer has closed or sent something unasked; used on idle servers, which
     /// must have nothing to say.
     pub fn has_pending_input(&self) -> bool {

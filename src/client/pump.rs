@@ -96,6 +96,15 @@ impl Pump {
         }
     }
 
+    /// Writes all ready bytes, waiting for the socket as needed.
+    pub async fn flush_to(&mut self, stream: &Stream) -> io::Result<()> {
+        while self.ready > 0 {
+            stream.writable().await?;
+            self.write_to(stream)?;
+        }
+        Ok(())
+    }
+
     /// Nothing scanned waits to be forwarded and no message is half through.
     pub fn quiet(&self) -> bool {
         self.ready == 0 && self.framer.at_boundary()
@@ -118,6 +127,8 @@ pub struct Tracker {
     pub status: TransactionStatus,
     /// Whether to read SQL text and ParameterStatus (transaction pooling needs them).
     watch_state: bool,
+    /// Statement pooling: hold back a ReadyForQuery that reports an open transaction block.
+    refuse_blocks: bool,
     /// What the client's statements since the last boundary may have left on the server.
     pub effects: Effects,
     /// Syncs sent since the last Execute or Query: if that request starts a COPY FROM
@@ -128,8 +139,9 @@ pub struct Tracker {
 }
 
 impl Tracker {
-    pub fn new(watch_state: bool) -> Self {
+    pub fn new(watch_state: bool, refuse_blocks: bool) -> Self {
         Tracker {
+            refuse_blocks,
             pending: 0,
             unsynced: false,
             status: TransactionStatus::Idle,
@@ -207,6 +219,9 @@ impl Tracker {
                 self.pending = self.pending.saturating_sub(1);
                 if let Some(status) = msg.and_then(|m| TransactionStatus::from_body(&m[5..])) {
                     self.status = status;
+                }
+                if self.refuse_blocks && self.status != TransactionStatus::Idle {
+                    return Flow::Stop;
                 }
             }
             // COPY FROM STDIN began: Syncs the client sent after the request that started it

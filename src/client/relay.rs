@@ -44,6 +44,16 @@ impl fmt::Display for End {
     }
 }
 
+/// Why [`Link::relay`] returned.
+pub enum Step {
+    /// The server may be given back (only when asked to stop at boundaries).
+    Boundary,
+    /// Statement pooling: the server reported an open transaction block; its ReadyForQuery
+    /// is held back, at the front of `s2c` after the `ready` bytes.
+    TransactionBlock,
+    End(End),
+}
+
 /// Both directions of a client's relay and what is known of its server's state.
 pub struct Link {
     pub c2s: Pump,
@@ -56,11 +66,11 @@ pub struct Link {
 }
 
 impl Link {
-    pub fn new(client_buf: BytesMut, max_len: u32, watch_state: bool) -> Self {
+    pub fn new(client_buf: BytesMut, max_len: u32, watch_state: bool, refuse_blocks: bool) -> Self {
         Link {
             c2s: Pump::new(client_buf, max_len),
             s2c: Pump::new(BytesMut::new(), max_len),
-            track: Tracker::new(watch_state),
+            track: Tracker::new(watch_state, refuse_blocks),
             terminating: false,
             draining: false,
         }
@@ -105,21 +115,26 @@ impl Link {
         }
     }
 
-    fn on_server_readable(&mut self, server: &Stream) -> Option<End> {
+    fn on_server_readable(&mut self, server: &Stream) -> Option<Step> {
+        let lost = |e: String| Some(Step::End(End::ServerLost(e)));
         match self.s2c.read_from(server) {
             Ok(true) => {}
-            Ok(false) => return Some(End::ServerLost("server closed the connection".into())),
-            Err(e) => return Some(End::ServerLost(e.to_string())),
+            Ok(false) => return lost("server closed the connection".into()),
+            Err(e) => return lost(e.to_string()),
         }
         let inspect = self.track.server_inspects();
-        self.s2c
+        match self
+            .s2c
             .scan(inspect, |tag, msg| self.track.server_message(tag, msg))
-            .err()
-            .map(|e| End::ServerLost(e.to_string()))
+        {
+            Ok(Flow::Forward) => None,
+            Ok(Flow::Stop) => Some(Step::TransactionBlock),
+            Err(e) => lost(e.to_string()),
+        }
     }
 
-    /// Relays both ways until the session ends (`Some`) or, when `stop_at_boundary`, until
-    /// the server may be given back (`None`). Cancel-safe at every await: all state lives in
+    /// Relays both ways until the session ends, or, when `stop_at_boundary`, until the
+    /// server may be given back. Cancel-safe at every await: all state lives in
     /// `self` and reads/writes happen only after readiness.
     pub async fn relay(
         &mut self,
@@ -127,32 +142,32 @@ impl Link {
         server: &Stream,
         stop_at_boundary: bool,
         ctx: &Context,
-    ) -> Option<End> {
+    ) -> Step {
         loop {
             if self.at_boundary() {
                 if let Some(end) = self.should_end_at_boundary() {
-                    return Some(end);
+                    return Step::End(end);
                 }
                 if stop_at_boundary {
-                    return None;
+                    return Step::Boundary;
                 }
             }
             tokio::select! {
                 r = client.readable(), if self.c2s.ready == 0 && !self.terminating => {
-                    if let Err(e) = r { return Some(End::ClientIo(e)) }
-                    if let Some(end) = self.on_client_readable(client) { return Some(end) }
+                    if let Err(e) = r { return Step::End(End::ClientIo(e)) }
+                    if let Some(end) = self.on_client_readable(client) { return Step::End(end) }
                 }
                 r = server.writable(), if self.c2s.ready > 0 => {
                     if let Err(e) = r.and_then(|_| self.c2s.write_to(server)) {
-                        return Some(End::ServerLost(e.to_string()));
+                        return Step::End(End::ServerLost(e.to_string()));
                     }
                 }
                 r = server.readable(), if self.s2c.ready == 0 => {
-                    if let Err(e) = r { return Some(End::ServerLost(e.to_string())) }
-                    if let Some(end) = self.on_server_readable(server) { return Some(end) }
+                    if let Err(e) = r { return Step::End(End::ServerLost(e.to_string())) }
+                    if let Some(step) = self.on_server_readable(server) { return step }
                 }
                 r = client.writable(), if self.s2c.ready > 0 => {
-                    if let Err(e) = r.and_then(|_| self.s2c.write_to(client)) { return Some(End::ClientIo(e)) }
+                    if let Err(e) = r.and_then(|_| self.s2c.write_to(client)) { return Step::End(End::ClientIo(e)) }
                 }
                 _ = ctx.shutdown.cancelled(), if !self.draining => self.draining = true,
             }

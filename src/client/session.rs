@@ -12,15 +12,17 @@
 
 use std::mem;
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use tracing::info;
 
 use super::login::Session;
-use super::relay::{End, Link};
+use super::relay::{End, Link, Step};
 use crate::cancel::{CancelHandle, CancelTarget};
 use crate::config::PoolMode;
 use crate::context::Context;
 use crate::pool::{Pool, PooledServer};
+use crate::protocol::errors::Severity;
+use crate::protocol::{messages, sqlstate, PgError, TransactionStatus};
 use crate::stream::Stream;
 
 pub async fn run(client: &Stream, client_buf: BytesMut, session: Session, ctx: &Context) -> End {
@@ -29,8 +31,15 @@ pub async fn run(client: &Stream, client_buf: BytesMut, session: Session, ctx: &
         cancel,
         mut wanted,
     } = session;
-    let keep_server = pool.settings().mode == PoolMode::Session;
-    let mut link = Link::new(client_buf, ctx.config.max_packet_size, !keep_server);
+    let mode = pool.settings().mode;
+    let keep_server = mode == PoolMode::Session;
+    let refuse_blocks = mode == PoolMode::Statement;
+    let mut link = Link::new(
+        client_buf,
+        ctx.config.max_packet_size,
+        !keep_server,
+        refuse_blocks,
+    );
     let mut held: Option<(PooledServer, crate::pool::PinGuard)> = None;
     loop {
         let (mut server, pin) = match held.take() {
@@ -46,10 +55,19 @@ pub async fn run(client: &Stream, client_buf: BytesMut, session: Session, ctx: &
             }
         };
         let stop_at_boundary = pin.is_none() && !keep_server;
-        if let Some(end) = link
+        let step = link
             .relay(client, &server.stream, stop_at_boundary, ctx)
-            .await
-        {
+            .await;
+        let step = match step {
+            Step::TransactionBlock => {
+                match refuse_transaction_block(client, &mut server, &mut link).await {
+                    Ok(()) => Step::Boundary,
+                    Err(end) => Step::End(end),
+                }
+            }
+            step => step,
+        };
+        if let Step::End(end) = step {
             cancel.set(None);
             give_back(server, &mut link, &end).await;
             return end;
@@ -97,6 +115,42 @@ async fn wait_for_client(client: &Stream, link: &mut Link, ctx: &Context) -> Opt
             _ = ctx.shutdown.cancelled(), if !link.draining => link.draining = true,
         }
     }
+}
+
+/// Statement pooling has no room for transaction blocks: the statement that opened one
+/// (BEGIN, or anything leaving the server in a failed block) is rolled back and the client
+/// gets an ERROR and ReadyForQuery `I` in place of the server's ReadyForQuery, so its
+/// session goes on outside a transaction, as the error says.
+async fn refuse_transaction_block(
+    client: &Stream,
+    server: &mut PooledServer,
+    link: &mut Link,
+) -> Result<(), End> {
+    const READY_FOR_QUERY_LEN: usize = 6;
+    let refusal = PgError::error(
+        sqlstate::FEATURE_NOT_SUPPORTED,
+        "transaction blocks are not allowed in statement pooling mode",
+    )
+    .with_hint("run each statement on its own, or use pool_mode = \"transaction\"");
+    link.s2c.flush_to(client).await.map_err(End::ClientIo)?;
+    link.s2c
+        .buf
+        .advance(READY_FOR_QUERY_LEN.min(link.s2c.buf.len()));
+    if link.track.pending > 0 || !link.s2c.buf.is_empty() {
+        // More requests were pipelined behind it: their answers would be meaningless.
+        return Err(End::Refused(PgError {
+            severity: Severity::Fatal,
+            ..refusal
+        }));
+    }
+    server
+        .exec("ROLLBACK")
+        .await
+        .map_err(|e| End::ServerLost(e.to_string()))?;
+    link.track.status = TransactionStatus::Idle;
+    let mut out = refusal.to_bytes();
+    messages::ready_for_query(TransactionStatus::Idle, &mut out);
+    client.write_all_ready(&out).await.map_err(End::ClientIo)
 }
 
 /// Gets a server for the client's next transaction and gives it the client's settings.

@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::cli::Cli;
 use crate::config::duration;
 use crate::config::file::{defaults, FileConfig, FileDatabase, WILDCARD};
-use crate::config::{Config, Database, PoolMode};
+use crate::config::{Config, Database};
 
 mod addr;
 #[cfg(test)]
@@ -181,7 +181,6 @@ fn top_level(check: &mut Checker, merged: &FileConfig) -> Config {
         log_level: check.log_level(merged.log_level.as_deref().unwrap_or(defaults::LOG_LEVEL)),
     };
     check.limits(&config);
-    check.pool_mode("pool_mode", Some(config.pool_mode));
     config
 }
 
@@ -192,16 +191,6 @@ struct Checker {
 }
 
 impl Checker {
-    /// Statement pooling is not built yet; refusing it beats silently pooling by transaction.
-    fn pool_mode(&mut self, key: &str, mode: Option<PoolMode>) {
-        if mode == Some(PoolMode::Statement) {
-            self.error(
-                key,
-                "statement pooling is not implemented yet; use \"transaction\" or \"session\"",
-            );
-        }
-    }
-
     fn error(&mut self, key: impl Into<String>, reason: impl Into<String>) {
         self.errors.push(ConfigError::new(key, reason));
     }
@@ -348,7 +337,6 @@ impl Checker {
             min,
             entry.pool_size.unwrap_or(pool_size),
         );
-        self.pool_mode(&key("pool_mode"), entry.pool_mode);
         Database {
             host,
             port,

@@ -124,22 +124,6 @@ fn flags_override_the_file() {
 }
 
 #[test]
-fn statement_pooling_is_refused_until_it_exists() {
-    let file = format!("pool_mode = \"statement\"\n[users.u]\npassword = \"p\"\npool_mode = \"statement\"\n{ROUTE}");
-    let errors = from_sources(Some(&file), &Cli::default())
-        .unwrap_err()
-        .to_string();
-    assert!(
-        errors.contains("pool_mode: statement pooling is not implemented yet"),
-        "{errors}"
-    );
-    assert!(
-        errors.contains("users.u.pool_mode: statement pooling"),
-        "{errors}"
-    );
-}
-
-#[test]
 fn bad_flag_values_are_reported_with_the_file_problems_by_key() {
     let cli = parse_flags(&["--shutdown-timeout=later", "--listen=nowhere"]);
     let errors = from_sources(Some("max_client_conn = 0\n"), &cli).unwrap_err();

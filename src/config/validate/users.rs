@@ -66,7 +66,6 @@ impl Checker {
                     .map_err(|e| self.error(key("password"), e.to_string()))
                     .ok()
             });
-            self.pool_mode(&key("pool_mode"), entry.pool_mode);
             let user = User {
                 secret,
                 pool_size: entry.pool_size,
