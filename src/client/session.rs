@@ -86,8 +86,14 @@ pub async fn run(client: &Stream, client_buf: BytesMut, session: Session, ctx: &
             }
         }
         if let Some(feature) = effects.pins {
-            info!(feature, pool = %pool.name(), "client pinned to its server for the rest of its session");
-            held = Some((server, pool.pin()));
+            let pin = pool.pin();
+            info!(
+                feature,
+                pool = %pool.name(),
+                pinned_clients = pool.pinned_clients(),
+                "client pinned to its server for the rest of its session"
+            );
+            held = Some((server, pin));
             continue;
         }
         cancel.set(None);
