@@ -1,21 +1,27 @@
 #!/usr/bin/env python3
 """Turns bench/run.sh's raw CSV files into Markdown tables (medians over rounds) and writes
-them into bench/README.md between the results markers, keeping the rest of the file.
+them into bench/README.md between its marker pairs, keeping the rest of the file.
 
-    report.py RUNS_CSV IDLE_CSV META_FILE README
+    report.py RUNS_CSV IDLE_CSV META_FILE README [CHART_PNG]
 
-RUNS_CSV: round,target,mode,status,tps,latency_ms,transactions,cpu_us_per_tx,rss_kib
-IDLE_CSV: target,status,clients,rss_before_kib,rss_after_kib
+RUNS_CSV: round,phase,target,clients,mode,status,tps,latency_ms,transactions,connection_ms,
+          cpu_us_per_tx,rss_kib (phase: session or transaction, the proxies' pool mode)
+IDLE_CSV: target,pool_mode,status,clients,rss_before_kib,rss_after_kib
 META_FILE: "key: value" lines printed above the tables.
+CHART_PNG: referenced from the transaction-mode section if the file exists.
+
+Marker pairs (each replaced with its table; a missing pair is appended at the end):
+  <!-- results:start --> ... <!-- results:end -->                          run, machine, session mode
+  <!-- results-transaction:start --> ... <!-- results-transaction:end -->  transaction mode
+  <!-- results-idle:start --> ... <!-- results-idle:end -->                idle clients
 """
 
 import csv
+import os
 import statistics
 import sys
 
-START, END = "<!-- results:start -->", "<!-- results:end -->"
 TARGETS = ("direct", "pgwarden", "pgbouncer")
-MODES = ("simple", "extended")
 
 
 def median(rows, key, digits):
@@ -23,42 +29,73 @@ def median(rows, key, digits):
     return f"{statistics.median(values):,.{digits}f}" if values else "–"
 
 
-def runs_table(rows):
-    lines = [
-        "| target | protocol | TPS | avg latency (ms) | proxy CPU per tx (µs) | proxy RSS at end (MiB) | runs ok |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+def row_cells(mine):
+    """TPS, latency, CPU/tx, RSS and runs-ok cells for the runs of one table row."""
+    ok = [r for r in mine if r["status"] == "ok"]
+    if not ok:
+        runs = "–" if mine[0]["status"].startswith("n/a") else f"0/{len(mine)}"
+        return [mine[0]["status"], "–", "–", "–", "–", runs]
+    # RSS from the first round only: runs go up in client count within a round, so that is
+    # the memory after serving at most this many clients. Later rounds would add what the
+    # instance kept from earlier, larger runs (a 10-client run after a 1,000-client one).
+    with_rss = sorted((r for r in ok if r["rss_kib"] not in ("", "-")), key=lambda r: int(r["round"]))
+    rss = [dict(with_rss[0], rss_mib=float(with_rss[0]["rss_kib"]) / 1024)] if with_rss else []
+    return [
+        median(ok, "tps", 0),
+        median(ok, "latency_ms", 3),
+        median(ok, "connection_ms", 0),
+        median(ok, "cpu_us_per_tx", 1),
+        median(rss, "rss_mib", 1) if rss else "–",
+        f"{len(ok)}/{len(mine)}",
     ]
+
+
+HEADER = (
+    "TPS | avg latency (ms) | connect time (ms) | proxy CPU per tx (µs) "
+    "| proxy RSS after round 1 (MiB) | runs ok |"
+)
+ALIGN = " ---: | ---: | ---: | ---: | ---: | ---: |"
+
+
+def session_table(rows):
+    rows = [r for r in rows if r["phase"] == "session"]
+    lines = ["| target | protocol | " + HEADER, "| --- | --- |" + ALIGN]
+    modes = [m for m in ("simple", "extended", "prepared") if any(r["mode"] == m for r in rows)]
     for target in TARGETS:
-        for mode in MODES:
+        for mode in modes:
             mine = [r for r in rows if r["target"] == target and r["mode"] == mode]
-            if not mine:
-                continue
-            ok = [r for r in mine if r["status"] == "ok"]
-            if not ok:
-                reason = mine[0]["status"]
-                lines.append(f"| {target} | {mode} | {reason} | – | – | – | 0/{len(mine)} |")
-                continue
-            rss = [dict(r, rss_mib=float(r["rss_kib"]) / 1024) for r in ok if r["rss_kib"] not in ("", "-")]
-            lines.append(
-                f"| {target} | {mode} | {median(ok, 'tps', 0)} | {median(ok, 'latency_ms', 3)} "
-                f"| {median(ok, 'cpu_us_per_tx', 1)} | {median(rss, 'rss_mib', 1) if rss else '–'} "
-                f"| {len(ok)}/{len(mine)} |"
-            )
+            if mine:
+                lines.append(f"| {target} | {mode} | " + " | ".join(row_cells(mine)) + " |")
+    return lines
+
+
+def transaction_table(rows):
+    rows = [r for r in rows if r["phase"] == "transaction"]
+    lines = ["| clients | protocol | target | " + HEADER, "| ---: | --- | --- |" + ALIGN]
+    clients = sorted({int(r["clients"]) for r in rows})
+    modes = [m for m in ("simple", "extended", "prepared") if any(r["mode"] == m for r in rows)]
+    for mode in modes:
+        for n in clients:
+            for target in TARGETS:
+                mine = [r for r in rows if r["target"] == target and r["mode"] == mode and int(r["clients"]) == n]
+                if mine:
+                    lines.append(f"| {n} | {mode} | {target} | " + " | ".join(row_cells(mine)) + " |")
     return lines
 
 
 def idle_table(rows):
     lines = [
-        "| proxy | idle clients | RSS before (MiB) | RSS with them (MiB) | KiB per idle client |",
-        "| --- | ---: | ---: | ---: | ---: |",
+        "| proxy | pool mode | idle clients | RSS before (MiB) | RSS with them (MiB) | KiB per idle client |",
+        "| --- | --- | ---: | ---: | ---: | ---: |",
     ]
     for row in rows:
         if row["status"] != "ok":
-            lines.append(f"| {row['target']} | {row['clients']} | {row['status']} | – | – |")
+            lines.append(f"| {row['target']} | {row['pool_mode']} | {row['clients']} | {row['status']} | – | – |")
             continue
         before, after, n = float(row["rss_before_kib"]), float(row["rss_after_kib"]), int(row["clients"])
         lines.append(
-            f"| {row['target']} | {n} | {before / 1024:.1f} | {after / 1024:.1f} | {(after - before) / n:.1f} |"
+            f"| {row['target']} | {row['pool_mode']} | {n} | {before / 1024:.1f} | {after / 1024:.1f} "
+            f"| {(after - before) / n:.1f} |"
         )
     return lines
 
@@ -68,27 +105,45 @@ def read_csv(path):
         return list(csv.DictReader(f))
 
 
+def replace_block(text, name, lines):
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    block = "\n".join([start, ""] + lines + ["", end])
+    if start in text and end in text:
+        return text[: text.index(start)] + block + text[text.index(end) + len(end) :]
+    return text.rstrip("\n") + "\n\n" + block + "\n"
+
+
 def main():
     runs_csv, idle_csv, meta_file, readme = sys.argv[1:5]
+    chart = sys.argv[5] if len(sys.argv) > 5 else ""
     with open(meta_file) as f:
         meta = [line.rstrip("\n") for line in f if line.strip()]
-    block = [START, ""] + [f"- {line}" for line in meta] + [""]
-    block += ["Throughput (`pgbench -S`, median of rounds):", ""] + runs_table(read_csv(runs_csv))
-    block += ["", "Memory per idle client (logged in, no server held):", ""] + idle_table(read_csv(idle_csv))
-    block += ["", END]
-    text = "\n".join(block)
-    print(text)
+    runs = read_csv(runs_csv)
+
+    main_block = [f"- {line}" for line in meta] + [""]
+    main_block += ["Session mode (`pgbench -S`, median of rounds):", ""] + session_table(runs)
+
+    tx_block = ["Transaction mode (`pgbench -S`, median of rounds):", ""] + transaction_table(runs)
+    if chart and os.path.exists(chart):
+        rel = os.path.relpath(chart, os.path.dirname(os.path.abspath(readme)))
+        tx_block += ["", f"![TPS and proxy CPU per transaction by client count, transaction mode]({rel})"]
+    else:
+        tx_block += ["", "No chart this run: matplotlib was not available and could not be installed with pip."]
+
+    idle_block = ["Memory per idle client (logged in, no server held), fresh proxy instances:", ""]
+    idle_block += idle_table(read_csv(idle_csv))
+
     try:
         with open(readme) as f:
-            old = f.read()
+            text = f.read()
     except FileNotFoundError:
-        old = ""
-    if START in old and END in old:
-        new = old[: old.index(START)] + text + old[old.index(END) + len(END) :]
-    else:
-        new = old.rstrip("\n") + "\n\n## Results\n\n" + text + "\n"
+        text = ""
+    text = replace_block(text, "results", main_block)
+    text = replace_block(text, "results-transaction", tx_block)
+    text = replace_block(text, "results-idle", idle_block)
     with open(readme, "w") as f:
-        f.write(new)
+        f.write(text)
+    print("\n".join(main_block + [""] + tx_block + [""] + idle_block))
 
 
 if __name__ == "__main__":

@@ -1,39 +1,69 @@
 #!/usr/bin/env bash
 # Benchmarks pgwarden against direct PostgreSQL and PgBouncer, in one run, on this machine.
 #
-#   bench/run.sh                      # defaults below; takes about 6 minutes
-#   ROUNDS=1 DURATION=3 bench/run.sh  # a quick check
+#   bench/run.sh                                  # defaults below; about 25 minutes
+#   DURATION=10 ROUNDS=2 bench/run.sh             # what the README's figures come from; about 12 minutes
+#   ROUNDS=1 DURATION=3 TX_CLIENTS="10 100" bench/run.sh   # a quick check
 #
 # It builds pgwarden (release), installs PgBouncer if missing (apt-get), starts a throwaway
-# PostgreSQL 15 with pgbench data, starts pgwarden and PgBouncer in front of it with the
-# same pool settings, then runs `pgbench -S` (select-only) with the simple and extended
-# protocols against each target, alternating targets across rounds. It records TPS,
-# average latency, the proxy's CPU time per transaction and its RSS, then the proxy's
-# memory per idle client, and writes the medians into bench/README.md between the
-# results markers (raw numbers: bench/last-run.csv, bench/last-idle.csv).
+# PostgreSQL 15 with pgbench data, and in front of it pgwarden and PgBouncer, each twice:
+# once in session mode and once in transaction mode, all four with the same pool size.
+# Then, alternating targets within each round (the order rotates between rounds):
+#
+#   1. session mode: `pgbench -S` with -M simple, extended and prepared at CLIENTS clients;
+#   2. transaction mode: `pgbench -S` with -M simple and extended at each of TX_CLIENTS
+#      (direct PostgreSQL only where the client count fits its max_connections).
+#
+# Each run records TPS (without initial connection time), average latency, the proxy's CPU
+# time per transaction and its RSS. Then fresh proxy instances, one per proxy and pool mode,
+# measure memory per idle logged-in client (bench/idle_clients.py). The medians go into
+# bench/README.md between its markers, raw numbers into bench/last-run.csv and
+# bench/last-idle.csv, a chart into bench/tx-mode.png (if matplotlib is, or can be pip-
+# installed), and any warning or error pgwarden logged into bench/last-pgwarden.log.
 #
 # Environment (defaults in brackets):
 #   DURATION      seconds per pgbench run [15]
-#   CLIENTS       pgbench clients (-c) [10]
+#   CLIENTS       pgbench clients (-c) in session mode [10]
+#   TX_CLIENTS    pgbench client counts in transaction mode ["10 100 1000"]
 #   THREADS       pgbench threads (-j) [2]
-#   ROUNDS        rounds over every target and protocol; results are medians [3]
+#   ROUNDS        rounds over every target, protocol and client count; results are medians [3]
 #   SCALE         pgbench scale factor (-s) [10]
-#   POOL_SIZE     server connections per pool, both proxies [20]
+#   POOL_SIZE     server connections per pool, both proxies, both pool modes [20]
+#   MAX_CLIENT_CONN  client connections each proxy accepts [2000]
+#   PG_MAX_CONNECTIONS  the throwaway PostgreSQL's max_connections [300]
 #   IDLE_CLIENTS  idle clients opened to measure memory per client [1000]
 #   SHARED_BUFFERS  PostgreSQL shared_buffers; large enough for the data set [256MB]
 #   PG_BIN        PostgreSQL binaries [/usr/lib/postgresql/15/bin]
-#   PGWARDEN_BIN  pgwarden binary [$CARGO_TARGET_DIR or target, /release/pgwarden]
+#   PGWARDEN_BIN  pgwarden binary [$CARGO_TARGET_DIR or target, /release/pgwarden]; the run
+#                 uses a copy, so a build by someone else during the run changes nothing
 #   SKIP_BUILD    set to 1 to use PGWARDEN_BIN as it is
 #   README        where the results go [bench/README.md]
 #   KEEP_WORKDIR  set to 1 to keep the temporary directory (logs) after the run
+#
+# 1,000 clients need file descriptors in pgbench (one socket per client) as much as in the
+# proxies: the script raises `ulimit -n` for itself and everything it starts.
 set -euo pipefail
+
+# The exact command, for the README: the parameters given in the environment.
+PARAM_VARS=(DURATION CLIENTS TX_CLIENTS THREADS ROUNDS SCALE POOL_SIZE MAX_CLIENT_CONN
+    PG_MAX_CONNECTIONS IDLE_CLIENTS SHARED_BUFFERS)
+COMMAND=""
+for v in "${PARAM_VARS[@]}"; do
+    if [ -n "${!v+x}" ]; then
+        case ${!v} in *' '*) COMMAND+="$v=\"${!v}\" " ;; *) COMMAND+="$v=${!v} " ;; esac
+    fi
+done
+COMMAND+="bench/run.sh"
 
 DURATION=${DURATION:-15}
 CLIENTS=${CLIENTS:-10}
+TX_CLIENTS=${TX_CLIENTS:-10 100 1000}
 THREADS=${THREADS:-2}
 ROUNDS=${ROUNDS:-3}
 SCALE=${SCALE:-10}
 POOL_SIZE=${POOL_SIZE:-20}
+MAX_CLIENT_CONN=${MAX_CLIENT_CONN:-2000}
+PG_MAX_CONNECTIONS=${PG_MAX_CONNECTIONS:-300}
 IDLE_CLIENTS=${IDLE_CLIENTS:-1000}
 SHARED_BUFFERS=${SHARED_BUFFERS:-256MB}
 PG_BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}
@@ -41,8 +71,11 @@ BENCH_DIR="$(cd "$(dirname "$0")" && pwd)"
 ROOT="$(cd "$BENCH_DIR/.." && pwd)"
 PGWARDEN_BIN=${PGWARDEN_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/pgwarden}
 README=${README:-$BENCH_DIR/README.md}
-MODES=(simple extended)
+SESSION_MODES=(simple extended prepared)
+TX_MODES=(simple extended)
 TARGETS=(direct pgwarden pgbouncer)
+PROXIES=(pgwarden pgbouncer)
+POOL_MODES=(session transaction)
 
 log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
@@ -66,17 +99,33 @@ cleanup() {
     fi
     if [ "${KEEP_WORKDIR:-0}" = 1 ]; then log "logs kept in $WORK"; else rm -rf "$WORK"; fi
 }
+# Drops pid $1 from PIDS once it has been waited for, so cleanup never signals a reused pid.
+forget_pid() {
+    local pid keep=()
+    for pid in "${PIDS[@]}"; do [ "$pid" = "$1" ] || keep+=("$pid"); done
+    PIDS=("${keep[@]}")
+}
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # ---------------------------------------------------------------- setup
 
 build_pgwarden() {
-    [ "${SKIP_BUILD:-0}" = 1 ] && return 0
-    log "building pgwarden (cargo build --release)"
-    (cd "$ROOT" && cargo build --release) >"$WORK/build.log" 2>&1 || {
-        log "pgwarden build failed (tail of $WORK/build.log):"; tail -n 20 "$WORK/build.log" >&2; return 1
-    }
+    if [ "${SKIP_BUILD:-0}" != 1 ]; then
+        log "building pgwarden (cargo build --release)"
+        (cd "$ROOT" && cargo build --release) >"$WORK/build.log" 2>&1 || {
+            log "pgwarden build failed (tail of $WORK/build.log):"; tail -n 20 "$WORK/build.log" >&2; return 1
+        }
+    fi
+    [ -x "$PGWARDEN_BIN" ] || { log "no pgwarden binary at $PGWARDEN_BIN"; return 1; }
+    # Others may rebuild target/ while this runs: every instance runs this copy. What the
+    # work tree held when it was copied goes into the README.
+    cp "$PGWARDEN_BIN" "$WORK/pgwarden"
+    BUILT_FROM=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo "none")
+    local dirty
+    dirty=$(git -C "$ROOT" status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null | awk '{ print $2 }' | paste -sd ' ' -)
+    [ -z "$dirty" ] || BUILT_FROM+=" plus uncommitted changes to $dirty"
+    PGWARDEN_BIN="$WORK/pgwarden"
 }
 
 install_pgbouncer() {
@@ -92,16 +141,16 @@ start_postgres() {
     log "starting PostgreSQL on 127.0.0.1:$PGPORT_ ($("$PG_BIN/postgres" --version))"
     as_postgres "$PG_BIN/initdb" -D "$WORK/data" -U postgres --auth=trust --no-sync \
         --no-instructions --locale=C -E UTF8 >"$WORK/initdb.log"
-    cat >>"$WORK/data/postgresql.conf" <<EOF
+    cat >>"$WORK/data/postgresql.conf" <<PGCONF
 listen_addresses = '127.0.0.1'
-max_connections = 200
+max_connections = $PG_MAX_CONNECTIONS
 shared_buffers = $SHARED_BUFFERS
 fsync = off
 synchronous_commit = off
 full_page_writes = off
 autovacuum = off
 log_min_messages = warning
-EOF
+PGCONF
     mkdir -p "$WORK/sock" && { is_root && chown postgres: "$WORK/sock" || true; }
     as_postgres "$PG_BIN/pg_ctl" -D "$WORK/data" -l "$WORK/postgres.log" -w -t 60 \
         -o "-p $PGPORT_ -k $WORK/sock" start >/dev/null
@@ -122,54 +171,72 @@ wait_query() {
     return 1
 }
 
+# An instance is a proxy in a pool mode, named e.g. pgwarden_transaction; its port and pid
+# are PORT_<name> and PID_<name>. start_<proxy> NAME POOL_MODE starts one under that name.
 start_pgwarden() {
-    [ -x "$PGWARDEN_BIN" ] || { log "no pgwarden binary at $PGWARDEN_BIN"; return 1; }
-    PORT_pgwarden=$(free_port)
-    log "starting pgwarden on 127.0.0.1:$PORT_pgwarden"
-    "$PGWARDEN_BIN" --listen "127.0.0.1:$PORT_pgwarden" \
+    local name=$1 pool_mode=$2 port pid
+    [ -x "$PGWARDEN_BIN" ] || { log "no pgwarden binary"; return 1; }
+    port=$(free_port)
+    log "starting pgwarden ($pool_mode) on 127.0.0.1:$port"
+    "$PGWARDEN_BIN" --listen "127.0.0.1:$port" \
         --upstream "postgres://postgres@127.0.0.1:$PGPORT_" --auth-type trust \
-        --pool-size "$POOL_SIZE" --pool-mode session --max-client-conn 2000 \
-        --log-level warn >"$WORK/pgwarden.log" 2>&1 &
-    PID_pgwarden=$!
-    PIDS+=("$PID_pgwarden")
-    wait_query "$PORT_pgwarden" "$PID_pgwarden" || {
-        log "pgwarden did not start (tail of $WORK/pgwarden.log):"; tail -n 20 "$WORK/pgwarden.log" >&2; return 1
+        --pool-size "$POOL_SIZE" --pool-mode "$pool_mode" --max-client-conn "$MAX_CLIENT_CONN" \
+        --log-level warn >"$WORK/$name.log" 2>&1 &
+    pid=$!
+    PIDS+=("$pid")
+    eval "PID_$name=$pid"
+    wait_query "$port" "$pid" || {
+        log "pgwarden did not start (tail of $WORK/$name.log):"; tail -n 20 "$WORK/$name.log" >&2; return 1
     }
+    eval "PORT_$name=$port"
 }
 
 start_pgbouncer() {
-    PORT_pgbouncer=$(free_port)
-    local dir="$WORK/pgbouncer"
+    local name=$1 pool_mode=$2 port pid dir="$WORK/$1"
+    port=$(free_port)
     mkdir -p "$dir"
     echo '"postgres" ""' >"$dir/userlist.txt"
-    cat >"$dir/pgbouncer.ini" <<EOF
+    cat >"$dir/pgbouncer.ini" <<INI
 [databases]
 * = host=127.0.0.1 port=$PGPORT_
 
 [pgbouncer]
 listen_addr = 127.0.0.1
-listen_port = $PORT_pgbouncer
+listen_port = $port
 unix_socket_dir =
 auth_type = trust
 auth_file = $dir/userlist.txt
-pool_mode = session
+pool_mode = $pool_mode
 default_pool_size = $POOL_SIZE
-max_client_conn = 2000
+max_client_conn = $MAX_CLIENT_CONN
 logfile = $dir/pgbouncer.log
 log_connections = 0
 log_disconnections = 0
-EOF
+INI
     is_root && chown -R postgres: "$dir"
-    log "starting PgBouncer on 127.0.0.1:$PORT_pgbouncer ($(pgbouncer --version | head -n 1))"
+    log "starting PgBouncer ($pool_mode) on 127.0.0.1:$port"
     # As root, -u drops to postgres itself, so $! is PgBouncer's own pid.
     if is_root; then pgbouncer -u postgres "$dir/pgbouncer.ini" >"$dir/stdout.log" 2>&1 &
     else pgbouncer "$dir/pgbouncer.ini" >"$dir/stdout.log" 2>&1 &
     fi
-    PID_pgbouncer=$!
-    PIDS+=("$PID_pgbouncer")
-    wait_query "$PORT_pgbouncer" "$PID_pgbouncer" || {
+    pid=$!
+    PIDS+=("$pid")
+    eval "PID_$name=$pid"
+    wait_query "$port" "$pid" || {
         log "PgBouncer did not start:"; tail -n 20 "$dir/pgbouncer.log" "$dir/stdout.log" >&2; return 1
     }
+    eval "PORT_$name=$port"
+}
+
+# Stops instance $1 (used for the fresh instances of the idle-client measurement).
+stop_instance() {
+    local pid
+    pid=$(eval echo "\${PID_$1:-}")
+    [ -n "$pid" ] || return 0
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    forget_pid "$pid"
+    eval "PORT_$1=" "PID_$1="
 }
 
 # ---------------------------------------------------------------- measuring
@@ -178,54 +245,72 @@ CLK_TCK=$(getconf CLK_TCK)
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo ""; }
 rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo ""; }
 
-# One pgbench run; appends a CSV row: round,target,mode,status,tps,latency,transactions,cpu,rss
+# One pgbench run of round $1, phase $2 (session or transaction: which table, and which
+# proxy instances), against target $3 (direct, pgwarden or pgbouncer), protocol $4, $5
+# clients. Appends a CSV row: round,phase,target,clients,mode,status,tps,latency_ms,
+# transactions,connection_ms,cpu_us_per_tx,rss_kib
 bench_one() {
-    local round=$1 target=$2 mode=$3 port pid="" before="" after out status=ok
-    port=$(eval echo "\${PORT_$target:-}")
-    [ "$target" = direct ] || pid=$(eval echo "\${PID_$target:-}")
+    local round=$1 phase=$2 target=$3 mode=$4 clients=$5 instance port pid="" before="" after
+    local out status=ok
+    instance=$target; [ "$target" = direct ] || instance="${target}_$phase"
+    local row="$round,$phase,$target,$clients,$mode"
+    # Leave room for the proxies' pools (4 instances of POOL_SIZE) and reserved slots.
+    if [ "$target" = direct ] && [ "$clients" -gt $((PG_MAX_CONNECTIONS - 5 * POOL_SIZE)) ]; then
+        echo "$row,n/a (over max_connections),,,,,," >>"$RUNS_CSV"; return
+    fi
+    port=$(eval echo "\${PORT_$instance:-}")
+    [ "$target" = direct ] || pid=$(eval echo "\${PID_$instance:-}")
     if [ -z "$port" ]; then
-        echo "$round,$target,$mode,$(eval echo "\${DOWN_$target:-failed to start}"),,,,," >>"$RUNS_CSV"; return
+        echo "$row,$(eval echo "\${DOWN_$instance:-failed to start}"),,,,,," >>"$RUNS_CSV"; return
     fi
     if [ -n "$pid" ]; then before=$(cpu_ticks "$pid"); fi
-    out="$WORK/pgbench-$round-$target-$mode.log"
-    "$PG_BIN/pgbench" -S -n -T "$DURATION" -c "$CLIENTS" -j "$THREADS" -M "$mode" \
-        -h 127.0.0.1 -p "$port" -U postgres postgres >"$out" 2>&1 || status=failed
-    local tps lat tx cpu="-" rss="-"
+    out="$WORK/pgbench-$round-$instance-$mode-$clients.log"
+    "$PG_BIN/pgbench" -S -n -T "$DURATION" -c "$clients" -j "$THREADS" -M "$mode" \
+        -h 127.0.0.1 -p "$port" -U postgres postgres >"$out" 2>&1 &
+    local pgbench=$!
+    PIDS+=("$pgbench")
+    wait "$pgbench" || status=failed
+    forget_pid "$pgbench"
+    local tps lat tx conn cpu="-" rss="-"
     tps=$(sed -n 's/^tps = \([0-9.]*\) (without.*/\1/p' "$out")
     lat=$(sed -n 's/^latency average = \([0-9.]*\) ms/\1/p' "$out")
     tx=$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' "$out")
+    conn=$(sed -n 's/^initial connection time = \([0-9.]*\) ms/\1/p' "$out")
     [ -n "$tps" ] && [ -n "$tx" ] && [ "$tx" -gt 0 ] || status=failed
     if [ -n "$pid" ]; then
         after=$(cpu_ticks "$pid"); rss=$(rss_kib "$pid")
-        if [ -z "$after" ]; then status="died"; mark_dead "$target"; fi
+        if [ -z "$after" ]; then status="died"; mark_dead "$instance"; fi
         if [ "$status" = ok ]; then
             cpu=$(awk -v d=$((after - before)) -v hz="$CLK_TCK" -v n="$tx" 'BEGIN { printf "%.2f", d * 1e6 / hz / n }')
         fi
     fi
-    [ "$status" = ok ] || { log "$target/$mode round $round: $status"; tail -n 5 "$out" >&2; }
-    log "$target/$mode round $round: tps=${tps:-?} latency=${lat:-?}ms cpu/tx=${cpu}us rss=${rss}KiB"
-    echo "$round,$target,$mode,$status,$tps,$lat,$tx,$cpu,$rss" >>"$RUNS_CSV"
+    [ "$status" = ok ] || { log "$instance/$mode/c$clients round $round: $status"; grep -v '^progress' "$out" | tail -n 5 >&2; }
+    log "$instance/$mode/c$clients round $round: tps=${tps:-?} latency=${lat:-?}ms conn=${conn:-?}ms cpu/tx=${cpu}us rss=${rss}KiB"
+    echo "$row,$status,$tps,$lat,$tx,$conn,$cpu,$rss" >>"$RUNS_CSV"
 }
 
 # A proxy that died is not run again; its later runs say so.
 mark_dead() { eval "PORT_$1="; eval "DOWN_$1=died"; }
 
-# RSS of proxy $1 before and after IDLE_CLIENTS idle clients log in through it.
+# RSS of a fresh instance of proxy $1 in pool mode $2 before and after IDLE_CLIENTS idle
+# clients log in through it. Fresh, so memory freed by earlier pgbench runs (which an
+# allocator keeps and reuses) does not hide the cost of the idle clients.
 idle_one() {
-    local target=$1 port pid before after opener status=ok
-    port=$(eval echo "\${PORT_$target:-}"); pid=$(eval echo "\${PID_$target:-}")
-    if [ -z "$port" ] || ! kill -0 "$pid" 2>/dev/null; then
-        echo "$target,not running,$IDLE_CLIENTS,," >>"$IDLE_CSV"; return
+    local proxy=$1 pool_mode=$2 name="idle_$1_$2" port pid before after opener status=ok
+    if ! "start_$proxy" "$name" "$pool_mode"; then
+        echo "$proxy,$pool_mode,failed to start,$IDLE_CLIENTS,," >>"$IDLE_CSV"; return
     fi
+    port=$(eval echo "\${PORT_$name}"); pid=$(eval echo "\${PID_$name}")
+    sleep 1
     before=$(rss_kib "$pid")
     python3 "$BENCH_DIR/idle_clients.py" 127.0.0.1 "$port" "$IDLE_CLIENTS" postgres postgres \
-        >"$WORK/idle-$target.log" 2>&1 &
+        >"$WORK/idle-$proxy-$pool_mode.log" 2>&1 &
     opener=$!
     PIDS+=("$opener")
     local deadline=$((SECONDS + 120))
-    until grep -q '^ready' "$WORK/idle-$target.log" 2>/dev/null; do
+    until grep -q '^ready' "$WORK/idle-$proxy-$pool_mode.log" 2>/dev/null; do
         if ! kill -0 "$opener" 2>/dev/null || [ $SECONDS -ge $deadline ]; then
-            status="$(tr -d ',' <"$WORK/idle-$target.log" | tail -n 1)"
+            status="$(tr -d ',' <"$WORK/idle-$proxy-$pool_mode.log" | tail -n 1)"
             [ -n "$status" ] || status="failed: opener gave no answer"
             break
         fi
@@ -233,54 +318,105 @@ idle_one() {
     done
     sleep 1 # let the proxy settle after the last login
     after=$(rss_kib "$pid")
+    # Still all there? A proxy that closed them would show a misleadingly low figure.
+    if [ "$status" = ok ] && ! kill -0 "$opener" 2>/dev/null; then status="opener exited early"; fi
     kill "$opener" 2>/dev/null || true
     wait "$opener" 2>/dev/null || true
-    log "$target: RSS ${before} KiB -> ${after} KiB with $IDLE_CLIENTS idle clients ($status)"
-    echo "$target,$status,$IDLE_CLIENTS,$before,$after" >>"$IDLE_CSV"
+    forget_pid "$opener"
+    log "$proxy ($pool_mode): RSS ${before} KiB -> ${after} KiB with $IDLE_CLIENTS idle clients ($status)"
+    echo "$proxy,$pool_mode,$status,$IDLE_CLIENTS,$before,$after" >>"$IDLE_CSV"
+    stop_instance "$name"
 }
 
 write_meta() {
-    local commit pgb
-    commit=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo "none")
+    local pgb
     pgb=$(pgbouncer --version 2>/dev/null | head -n 1 || echo "not installed")
     {
-        echo "Run: $(date -u '+%Y-%m-%d %H:%M UTC'), pgwarden commit $commit"
+        echo "Run: $(date -u '+%Y-%m-%d %H:%M UTC'), pgwarden built from commit ${BUILT_FROM:-none}"
+        echo "Command: \`$COMMAND\`"
         echo "Machine: $(nproc) cores ($(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -n 1)), $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo), Linux $(uname -r)"
-        echo "Versions: $("$PG_BIN/postgres" --version), $pgb"
-        echo "Parameters: pgbench -S -T $DURATION -c $CLIENTS -j $THREADS, scale $SCALE, $ROUNDS rounds, pool size $POOL_SIZE (session mode), $IDLE_CLIENTS idle clients"
+        echo "Versions: $("$PG_BIN/postgres" --version), $pgb, $("$PG_BIN/pgbench" --version)"
+        echo "Load average (1 min) at the start and the end of the run: $LOAD_START, $(cut -d' ' -f1 /proc/loadavg) (other work on the machine shows here)"
+        echo "Parameters: pgbench -S -n -T $DURATION -j $THREADS; session mode -c $CLIENTS, transaction mode -c $TX_CLIENTS; scale $SCALE; $ROUNDS rounds; pool size $POOL_SIZE; max_client_conn $MAX_CLIENT_CONN; PostgreSQL max_connections $PG_MAX_CONNECTIONS; $IDLE_CLIENTS idle clients; ulimit -n $(ulimit -n)"
     } >"$WORK/meta.txt"
+}
+
+# Copies what pgwarden logged at warn level or above (it runs with --log-level warn, so any
+# line is one) into bench/last-pgwarden.log, and says how much there was.
+collect_pgwarden_logs() {
+    local f n total=0 out="$BENCH_DIR/last-pgwarden.log"
+    : >"$out"
+    for f in "$WORK"/pgwarden_*.log "$WORK"/idle_pgwarden_*.log; do
+        [ -f "$f" ] || continue
+        n=$(grep -c . "$f" || true)
+        [ "$n" -gt 0 ] || continue
+        total=$((total + n))
+        { echo "== $(basename "$f"): $n lines"; head -n 100 "$f"; [ "$n" -le 100 ] || echo "... ($((n - 100)) more)"; } >>"$out"
+    done
+    if [ "$total" -gt 0 ]; then log "pgwarden logged $total lines (warnings/errors): see $out"
+    else log "pgwarden logged no warnings or errors"; fi
 }
 
 # ---------------------------------------------------------------- main
 
+# pgbench opens one socket per client, the proxies one or two per client: 1,000 clients
+# need more than the common default of 1,024 descriptors.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt $((MAX_CLIENT_CONN * 2 + 100)) ]; then
+    log "warning: ulimit -n is $(ulimit -n); 1,000 clients may run out of file descriptors"
+fi
+LOAD_START=$(cut -d' ' -f1 /proc/loadavg)
 RUNS_CSV="$BENCH_DIR/last-run.csv"
 IDLE_CSV="$BENCH_DIR/last-idle.csv"
-echo "round,target,mode,status,tps,latency_ms,transactions,cpu_us_per_tx,rss_kib" >"$RUNS_CSV"
-echo "target,status,clients,rss_before_kib,rss_after_kib" >"$IDLE_CSV"
+CHART="$BENCH_DIR/tx-mode.png"
+echo "round,phase,target,clients,mode,status,tps,latency_ms,transactions,connection_ms,cpu_us_per_tx,rss_kib" >"$RUNS_CSV"
+echo "target,pool_mode,status,clients,rss_before_kib,rss_after_kib" >"$IDLE_CSV"
 
-PORT_pgwarden="" PORT_pgbouncer="" PID_pgwarden="" PID_pgbouncer=""
 build_ok=1
 build_pgwarden || build_ok=0
 install_pgbouncer || log "PgBouncer could not be installed"
 start_postgres
 # shellcheck disable=SC2034 # read through eval in bench_one
 PORT_direct=$PGPORT_
-if [ $build_ok = 1 ]; then start_pgwarden || PORT_pgwarden=""; fi
-if command -v pgbouncer >/dev/null; then start_pgbouncer || PORT_pgbouncer=""; fi
+for pool_mode in "${POOL_MODES[@]}"; do
+    if [ $build_ok = 1 ]; then start_pgwarden "pgwarden_$pool_mode" "$pool_mode" || true; fi
+    if command -v pgbouncer >/dev/null; then start_pgbouncer "pgbouncer_$pool_mode" "$pool_mode" || true; fi
+done
 
 for round in $(seq 1 "$ROUNDS"); do
     # Rotate the order each round so no target always runs first (cold) or last.
     offset=$(((round - 1) % ${#TARGETS[@]}))
     order=("${TARGETS[@]:offset}" "${TARGETS[@]:0:offset}")
-    for mode in "${MODES[@]}"; do
-        for target in "${order[@]}"; do bench_one "$round" "$target" "$mode"; done
+    for mode in "${SESSION_MODES[@]}"; do
+        for target in "${order[@]}"; do
+            bench_one "$round" session "$target" "$mode" "$CLIENTS"
+        done
+    done
+    for clients in $TX_CLIENTS; do
+        for mode in "${TX_MODES[@]}"; do
+            for target in "${order[@]}"; do
+                bench_one "$round" transaction "$target" "$mode" "$clients"
+            done
+        done
     done
 done
 
-idle_one pgwarden
-idle_one pgbouncer
+# The benchmark instances are done: stop them before the idle measurement's fresh ones.
+for pool_mode in "${POOL_MODES[@]}"; do
+    for proxy in "${PROXIES[@]}"; do stop_instance "${proxy}_$pool_mode"; done
+done
+for pool_mode in "${POOL_MODES[@]}"; do
+    if [ $build_ok = 1 ]; then idle_one pgwarden "$pool_mode"; fi
+    if command -v pgbouncer >/dev/null; then idle_one pgbouncer "$pool_mode"; fi
+done
 
+collect_pgwarden_logs
 write_meta
-python3 "$BENCH_DIR/report.py" "$RUNS_CSV" "$IDLE_CSV" "$WORK/meta.txt" "$README"
+rm -f "$CHART"
+if ! python3 -c 'import matplotlib' 2>/dev/null; then
+    log "installing matplotlib (pip) for the chart"
+    python3 -m pip install -q matplotlib >"$WORK/pip.log" 2>&1 || log "matplotlib could not be installed; no chart"
+fi
+python3 "$BENCH_DIR/chart.py" "$RUNS_CSV" "$CHART" || log "no chart (see above)"
+python3 "$BENCH_DIR/report.py" "$RUNS_CSV" "$IDLE_CSV" "$WORK/meta.txt" "$README" "$CHART"
 log "results written to $README"

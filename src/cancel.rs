@@ -1,14 +1,21 @@
 //! Cancel keys: each client gets a proxy-issued (pid, secret) pair, mapped to the backend it
 //! is using at that moment, so a CancelRequest reaches exactly that client's query.
+//!
+//! A cancel must never reach the next user of a server. So a cancel takes its target and
+//! counts itself in flight under the client's lock, and holds its connection to Postgres
+//! until Postgres closes it (by then the backend has been signalled); a client giving its
+//! server back first clears its target under the same lock, then waits for cancels in flight.
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::BytesMut;
 use dashmap::DashMap;
 use rand::Rng;
 use subtle::ConstantTimeEq;
-use tokio::io::AsyncWriteExt;
-use tracing::{debug, info};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::Notify;
+use tracing::{debug, info, warn};
 
 use crate::protocol::messages;
 use crate::protocol::tags::startup_code;
@@ -21,7 +28,24 @@ pub struct CancelTarget {
     pub key: BackendKey,
 }
 
-type Slot = Arc<Mutex<Option<CancelTarget>>>;
+#[derive(Default)]
+struct SlotState {
+    target: Option<CancelTarget>,
+    /// Cancels sent to `target` whose connection Postgres has not closed yet.
+    in_flight: usize,
+}
+
+#[derive(Default)]
+struct SlotShared {
+    state: Mutex<SlotState>,
+    /// Woken when `in_flight` drops to zero.
+    settled: Notify,
+}
+
+type Slot = Arc<SlotShared>;
+
+/// How long a cancel may take before a server is given back regardless.
+const CANCEL_WAIT: Duration = Duration::from_secs(5);
 
 struct Entry {
     secret: i32,
@@ -71,39 +95,88 @@ impl CancelRegistry {
             Some(entry)
                 if bool::from(entry.secret.to_be_bytes().ct_eq(&key.secret.to_be_bytes())) =>
             {
-                lock(&entry.target).clone()
+                let mut state = lock(&entry.target);
+                state.in_flight += usize::from(state.target.is_some());
+                state
+                    .target
+                    .clone()
+                    .map(|target| (target, InFlight(entry.target.clone())))
             }
             _ => {
                 debug!(pid = key.pid, "cancel request with an unknown key ignored");
                 return;
             }
         };
-        let Some(target) = target else { return };
+        let Some((target, _in_flight)) = target else {
+            return;
+        };
         info!(server = %target.server.addr_label(), backend_pid = target.key.pid, "forwarding cancel request");
         send(&target.server, target.key).await;
     }
 }
 
-/// Sends a CancelRequest for `key` to `server`. Postgres never answers one; errors are moot.
+/// One cancel in flight; dropping it (sent, timed out or abandoned) settles it.
+struct InFlight(Slot);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut state = lock(&self.0);
+        state.in_flight -= 1;
+        if state.in_flight == 0 {
+            self.0.settled.notify_waiters();
+        }
+    }
+}
+
+/// Sends a CancelRequest for `key` to `server` and waits (at most [`CANCEL_WAIT`]) until
+/// Postgres closes the connection, which it does once the backend has been signalled.
+/// Postgres never answers a cancel; errors are moot.
 pub async fn send(server: &ServerTarget, key: BackendKey) {
     let mut packet = BytesMut::new();
     let mut body = key.pid.to_be_bytes().to_vec();
     body.extend_from_slice(&key.secret.to_be_bytes());
     messages::startup_packet(startup_code::CANCEL_REQUEST, &body, &mut packet);
-    if let Ok(mut stream) = server.open_socket().await {
-        let _ = stream.write_all(&packet).await;
-        let _ = stream.shutdown().await;
+    let exchange = async {
+        let mut stream = server.open_socket().await?;
+        stream.write_all(&packet).await?;
+        let mut sink = [0u8; 64];
+        while stream.read(&mut sink).await? > 0 {}
+        Ok::<(), std::io::Error>(())
+    };
+    if tokio::time::timeout(CANCEL_WAIT, exchange).await.is_err() {
+        warn!(
+            backend_pid = key.pid,
+            "Postgres did not close a cancel connection within {CANCEL_WAIT:?}"
+        );
     }
 }
 
-fn lock(slot: &Slot) -> std::sync::MutexGuard<'_, Option<CancelTarget>> {
-    slot.lock().unwrap_or_else(|p| p.into_inner())
+fn lock(slot: &Slot) -> std::sync::MutexGuard<'_, SlotState> {
+    slot.state.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl CancelHandle {
-    /// Points this client's key at the server it now uses (or at none).
-    pub fn set(&self, target: Option<CancelTarget>) {
-        *lock(&self.target) = target;
+    /// Points this client's key at the server it now uses.
+    pub fn set(&self, target: CancelTarget) {
+        lock(&self.target).target = Some(target);
+    }
+
+    /// Detaches the key from its server before the server goes to anyone else: no new cancel
+    /// can reach it, and those already sent have been delivered when this returns.
+    pub async fn detach(&self) {
+        loop {
+            let settled = self.target.settled.notified();
+            tokio::pin!(settled);
+            settled.as_mut().enable();
+            {
+                let mut state = lock(&self.target);
+                state.target = None;
+                if state.in_flight == 0 {
+                    return;
+                }
+            }
+            settled.await;
+        }
     }
 }
 

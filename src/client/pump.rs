@@ -131,6 +131,8 @@ pub struct Tracker {
     refuse_blocks: bool,
     /// What the client's statements since the last boundary may have left on the server.
     pub effects: Effects,
+    /// ParameterStatus bodies the server sent since the last boundary.
+    pub reported: Vec<Vec<u8>>,
     /// Syncs sent since the last Execute or Query: if that request starts a COPY FROM
     /// STDIN, the server ignores them (as it ignores every Sync until CopyDone/CopyFail).
     syncs_since_request: usize,
@@ -147,6 +149,7 @@ impl Tracker {
             status: TransactionStatus::Idle,
             watch_state,
             effects: Effects::default(),
+            reported: Vec::new(),
             syncs_since_request: 0,
             copy_in: false,
         }
@@ -163,7 +166,10 @@ impl Tracker {
     }
 
     pub fn server_inspects(&self) -> impl Fn(u8) -> bool {
-        |tag| tag == backend::READY_FOR_QUERY
+        let watch_state = self.watch_state;
+        move |tag| {
+            tag == backend::READY_FOR_QUERY || (watch_state && tag == backend::PARAMETER_STATUS)
+        }
     }
 
     pub fn client_message(&mut self, tag: u8, msg: Option<&[u8]>) -> Flow {
@@ -232,8 +238,14 @@ impl Tracker {
                 self.syncs_since_request = 0;
                 self.copy_in = true;
             }
-            // A reported parameter changed under the client's own statements.
-            backend::PARAMETER_STATUS if self.watch_state => self.effects.settings = true,
+            // A reported parameter changed under the client's own statements: remember the
+            // value for the server's record, and read the session back at the boundary.
+            backend::PARAMETER_STATUS if self.watch_state => {
+                self.effects.settings = true;
+                if let Some(msg) = msg {
+                    self.reported.push(msg[5..].to_vec());
+                }
+            }
             _ => {}
         }
         Flow::Forward

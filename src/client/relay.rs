@@ -191,7 +191,7 @@ pub async fn run(
     ctx: &Context,
 ) -> End {
     let end = super::session::run(client, client_buf, session, ctx).await;
-    finish(client, &end).await;
+    Box::pin(finish(client, &end)).await;
     end
 }
 

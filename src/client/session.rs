@@ -9,6 +9,9 @@
 //! where they differ. State that cannot move (LISTEN, temporary tables, WITH HOLD cursors,
 //! SQL PREPARE, session advisory locks, named protocol-level statements for now) pins the
 //! client to its server for the rest of its session; that server is reset before reuse.
+//!
+//! An idle client's whole state is this task's future, so every phase that is not the
+//! relay or the wait for the client is boxed: its size is paid only while it runs.
 
 use std::mem;
 
@@ -31,76 +34,128 @@ pub async fn run(client: &Stream, client_buf: BytesMut, session: Session, ctx: &
         cancel,
         mut wanted,
     } = session;
+    // What RESET returns to, as on Postgres: the values the client connected with.
+    let startup = wanted.clone();
     let mode = pool.settings().mode;
-    let keep_server = mode == PoolMode::Session;
-    let refuse_blocks = mode == PoolMode::Statement;
     let mut link = Link::new(
         client_buf,
         ctx.config.max_packet_size,
-        !keep_server,
-        refuse_blocks,
+        mode != PoolMode::Session,
+        mode == PoolMode::Statement,
     );
-    let mut held: Option<(PooledServer, crate::pool::PinGuard)> = None;
     loop {
-        let (mut server, pin) = match held.take() {
-            Some((server, pin)) => (server, Some(pin)),
-            None => {
-                if let Some(end) = wait_for_client(client, &mut link, ctx).await {
-                    return end;
-                }
-                match attach(&pool, &mut link, &wanted, &cancel).await {
-                    Ok(server) => (server, None),
-                    Err(end) => return end,
-                }
-            }
-        };
-        let stop_at_boundary = pin.is_none() && !keep_server;
-        let step = link
-            .relay(client, &server.stream, stop_at_boundary, ctx)
-            .await;
-        let step = match step {
-            Step::TransactionBlock => {
-                match refuse_transaction_block(client, &mut server, &mut link).await {
-                    Ok(()) => Step::Boundary,
-                    Err(end) => Step::End(end),
-                }
-            }
-            step => step,
-        };
-        if let Step::End(end) = step {
-            cancel.set(None);
-            give_back(server, &mut link, &end).await;
+        if let Some(end) = wait_for_client(client, &mut link, ctx).await {
             return end;
         }
-        let effects = mem::take(&mut link.track.effects);
-        if effects.settings {
-            match server.session_settings().await {
-                Ok(settings) => {
-                    server.params.mark_applied(&settings);
-                    wanted = settings;
-                }
-                Err(err) => {
-                    server.close("could not read session settings back");
-                    return End::ServerLost(err.to_string());
-                }
-            }
+        let mut attached = Attached {
+            client,
+            pool: &pool,
+            cancel: &cancel,
+            link: &mut link,
+            ctx,
+        };
+        if let Some(end) = Box::pin(attached.serve(&mut wanted, &startup)).await {
+            return end;
         }
-        if let Some(feature) = effects.pins {
-            let pin = pool.pin();
-            info!(
-                feature,
-                pool = %pool.name(),
-                pinned_clients = pool.pinned_clients(),
-                "client pinned to its server for the rest of its session"
-            );
-            held = Some((server, pin));
-            continue;
-        }
-        cancel.set(None);
-        server.buf = mem::take(&mut link.s2c.buf);
-        server.checkin_idle();
         link.c2s.release_memory();
     }
+}
+
+/// A client with a server: what runs between the client's first message and the server's
+/// return to the pool. Boxed by the caller, so an idle client does not carry its size.
+struct Attached<'a> {
+    client: &'a Stream,
+    pool: &'a Pool,
+    cancel: &'a CancelHandle,
+    link: &'a mut Link,
+    ctx: &'a Context,
+}
+
+impl Attached<'_> {
+    /// Attaches a server and relays until it can go back (`None`: the client is idle again)
+    /// or the session ends. A pinned client (and every client in session mode) keeps its
+    /// server here until it leaves.
+    async fn serve(
+        &mut self,
+        wanted: &mut Vec<(String, String)>,
+        startup: &[(String, String)],
+    ) -> Option<End> {
+        let mut server = match attach(self.pool, self.link, wanted, self.cancel).await {
+            Ok(server) => server,
+            Err(end) => return Some(end),
+        };
+        let mut pin = None;
+        loop {
+            let stop_at_boundary = pin.is_none() && self.pool.settings().mode != PoolMode::Session;
+            let step = match self
+                .link
+                .relay(self.client, &server.stream, stop_at_boundary, self.ctx)
+                .await
+            {
+                Step::TransactionBlock => {
+                    match refuse_transaction_block(self.client, &mut server, self.link).await {
+                        Ok(()) => Step::Boundary,
+                        Err(end) => Step::End(end),
+                    }
+                }
+                step => step,
+            };
+            if let Step::End(end) = step {
+                self.cancel.detach().await;
+                give_back(server, self.link, &end).await;
+                return Some(end);
+            }
+            let effects = mem::take(&mut self.link.track.effects);
+            for status in self.link.track.reported.drain(..) {
+                server.record_status(&status);
+            }
+            if effects.settings {
+                match server.session_settings().await {
+                    Ok(settings) => {
+                        server.params.mark_applied(&settings);
+                        *wanted = over_startup(startup, settings);
+                    }
+                    Err(err) => {
+                        server.close("could not read session settings back");
+                        return Some(End::ServerLost(err.to_string()));
+                    }
+                }
+            }
+            if let Some(feature) = effects.pins.filter(|_| pin.is_none()) {
+                pin = Some(self.pool.pin());
+                info!(
+                    feature,
+                    pool = %self.pool.name(),
+                    pinned_clients = self.pool.pinned_clients(),
+                    "client pinned to its server for the rest of its session"
+                );
+            }
+            if pin.is_none() {
+                self.cancel.detach().await;
+                server.buf = mem::take(&mut self.link.s2c.buf);
+                server.checkin_idle();
+                return None;
+            }
+        }
+    }
+}
+
+/// The client's settings: its startup values, overridden by what its session set since.
+fn over_startup(
+    startup: &[(String, String)],
+    session: Vec<(String, String)>,
+) -> Vec<(String, String)> {
+    let mut settings = startup.to_vec();
+    for (name, value) in session {
+        match settings
+            .iter_mut()
+            .find(|(n, _)| n.eq_ignore_ascii_case(&name))
+        {
+            Some((_, v)) => *v = value,
+            None => settings.push((name, value)),
+        }
+    }
+    settings
 }
 
 /// Waits, without a server, until the client has sent something for one. `Some` when the
@@ -177,10 +232,10 @@ async fn attach(
         }
         server.params.mark_applied(wanted);
     }
-    cancel.set(Some(CancelTarget {
+    cancel.set(CancelTarget {
         server: server.target.clone(),
         key: server.key,
-    }));
+    });
     link.s2c.buf = mem::take(&mut server.buf);
     Ok(server)
 }

@@ -87,7 +87,7 @@ async fn abandon(server: &mut ServerConn) {
     crate::protocol::messages::terminate(&mut out);
     let gone = async {
         server.stream.write_all(&out).await?;
-        let mut sink = [0u8; 8192];
+        let mut sink = vec![0u8; 8192];
         while server.stream.read(&mut sink).await? > 0 {}
         Ok::<(), std::io::Error>(())
     };

@@ -21,6 +21,14 @@ use crate::stream::Stream;
 
 pub use login::{connect, Credential, ServerTarget};
 
+/// What SET, RESET and set_config left in the session. `role` is hidden from pg_settings
+/// (it is `GUC_NO_SHOW_ALL`), so it is asked for by name.
+const SESSION_SETTINGS: &str =
+    "SELECT name, pg_catalog.current_setting(name) FROM pg_catalog.pg_settings \
+     WHERE source = 'session' \
+     UNION ALL SELECT 'role', pg_catalog.current_setting('role') \
+     WHERE pg_catalog.current_setting('role') <> 'none'";
+
 /// Largest message accepted whole from a server during pgwarden's own exchanges.
 const MAX_SERVER_MESSAGE: u32 = 64 * 1024 * 1024;
 
@@ -157,9 +165,7 @@ impl ServerConn {
     /// The session-level settings in effect (what SET, RESET and set_config left), read
     /// back from the server so they can follow the client to another server.
     pub async fn session_settings(&mut self) -> Result<Vec<(String, String)>, ServerError> {
-        let rows = self
-            .query_rows("SELECT name, pg_catalog.current_setting(name) FROM pg_catalog.pg_settings WHERE source = 'session'")
-            .await?;
+        let rows = self.query_rows(SESSION_SETTINGS).await?;
         Ok(rows
             .into_iter()
             .filter_map(|mut row| {
