@@ -79,7 +79,7 @@ async fn a_transaction_block_is_refused_and_the_session_goes_on() {
 
     // The same through the extended protocol.
     let err = a
-        .execute("begin", &[])
+        .query_typed("begin", &[])
         .await
         .expect_err("allowed via extended protocol");
     assert_eq!(err.as_db_error().map(|e| e.code().code()), Some("0A000"));

@@ -97,6 +97,19 @@ fn identify(params: Vec<(String, String)>) -> Result<Startup, ClientError> {
             .find(|(k, _)| k == key)
             .map(|(_, v)| v.clone())
     };
+    // A replication connection speaks another protocol after login; relaying it as a plain
+    // session would only fail later and more obscurely.
+    let replication = get("replication").map(|v| v.to_ascii_lowercase());
+    if let Some(mode) = replication.filter(|v| !matches!(v.as_str(), "false" | "off" | "0" | "no"))
+    {
+        return Err(ClientError::Refused(PgError::fatal(
+            sqlstate::FEATURE_NOT_SUPPORTED,
+            format!(
+                "replication connections (replication={mode}) are not supported by pgwarden; \
+                 connect to Postgres directly"
+            ),
+        )));
+    }
     let user = get("user").filter(|u| !u.is_empty()).ok_or_else(|| {
         ClientError::Refused(PgError::fatal(
             sqlstate::INVALID_AUTHORIZATION,
