@@ -9,7 +9,8 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::BytesMut;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use socket2::SockRef;
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 
 #[derive(Debug)]
@@ -36,10 +37,14 @@ impl Stream {
     }
 
     /// Reads what is available without waiting; `Ok(0)` is end of stream.
+    ///
+    /// A read that does not fill the buffer's spare room has drained the socket, so it also
+    /// clears tokio's readiness (as tokio's own `poll_read` does): otherwise the next wait
+    /// would return at once and cost a `recv` that fails with EAGAIN, one per message.
     pub fn try_read_buf(&self, buf: &mut BytesMut) -> io::Result<usize> {
         match self {
-            Stream::Tcp(s) => s.try_read_buf(buf),
-            Stream::Unix(s) => s.try_read_buf(buf),
+            Stream::Tcp(s) => read_draining(buf, |f| s.try_io(Interest::READABLE, f), SockRef::from(s)),
+            Stream::Unix(s) => read_draining(buf, |f| s.try_io(Interest::READABLE, f), SockRef::from(s)),
         }
     }
 
@@ -73,6 +78,34 @@ impl Stream {
         };
         !matches!(res, Err(ref e) if e.kind() == io::ErrorKind::WouldBlock)
     }
+}
+
+/// One `recv` into `buf`'s spare capacity inside tokio's `try_io`, reporting a short read
+/// to tokio as WouldBlock (which clears readiness) while keeping the bytes it returned.
+fn read_draining(
+    buf: &mut BytesMut,
+    try_io: impl FnOnce(&mut dyn FnMut() -> io::Result<usize>) -> io::Result<usize>,
+    socket: SockRef<'_>,
+) -> io::Result<usize> {
+    let spare = buf.spare_capacity_mut();
+    let room = spare.len();
+    let mut short_read = None;
+    let mut recv = || {
+        let n = socket.recv(spare)?;
+        if n > 0 && n < room {
+            short_read = Some(n);
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(n)
+    };
+    let result = try_io(&mut recv);
+    let n = match (result, short_read) {
+        (_, Some(n)) => n,
+        (result, None) => result?,
+    };
+    // SAFETY: recv(2) initialized the first `n` bytes of the spare capacity it was given.
+    unsafe { buf.set_len(buf.len() + n) };
+    Ok(n)
 }
 
 impl AsyncRead for Stream {
