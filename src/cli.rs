@@ -126,6 +126,12 @@ pub struct Cli {
     #[arg(help_heading = PROCESS)]
     pub shutdown_timeout: Option<String>,
 
+    /// Threads serving clients. One is the cheapest per transaction (like PgBouncer); more
+    /// spread load over cores on a shared proxy. Default: 1.
+    #[arg(long, env = "PGWARDEN_WORKERS", value_name = "N")]
+    #[arg(help_heading = PROCESS)]
+    pub workers: Option<usize>,
+
     /// error, warn, info, debug or trace, or tracing directives (info,pgwarden=debug).
     /// Default: info.
     #[arg(long, env = "PGWARDEN_LOG_LEVEL", value_name = "LEVEL")]
@@ -189,6 +195,7 @@ mod tests {
             ("client_login_timeout", secs(defaults::CLIENT_LOGIN_TIMEOUT)),
             ("shutdown_timeout", secs(defaults::SHUTDOWN_TIMEOUT)),
             ("max_packet_size", defaults::MAX_PACKET_SIZE.to_string()),
+            ("workers", defaults::WORKERS.to_string()),
             ("log_level", defaults::LOG_LEVEL.to_owned()),
         ];
         let command = Cli::command();

@@ -43,8 +43,12 @@ impl Stream {
     /// would return at once and cost a `recv` that fails with EAGAIN, one per message.
     pub fn try_read_buf(&self, buf: &mut BytesMut) -> io::Result<usize> {
         match self {
-            Stream::Tcp(s) => read_draining(buf, |f| s.try_io(Interest::READABLE, f), SockRef::from(s)),
-            Stream::Unix(s) => read_draining(buf, |f| s.try_io(Interest::READABLE, f), SockRef::from(s)),
+            Stream::Tcp(s) => {
+                read_draining(buf, |f| s.try_io(Interest::READABLE, f), SockRef::from(s))
+            }
+            Stream::Unix(s) => {
+                read_draining(buf, |f| s.try_io(Interest::READABLE, f), SockRef::from(s))
+            }
         }
     }
 

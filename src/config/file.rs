@@ -36,6 +36,7 @@ pub mod defaults {
     /// 1 GiB, Postgres' own limit for one message.
     pub const MAX_PACKET_SIZE: u32 = 1 << 30;
     pub const LOG_LEVEL: &str = "info";
+    pub const WORKERS: usize = 1;
     /// Where a `[databases.NAME]` entry leads when it names no host or port.
     pub const DATABASE_HOST: &str = "127.0.0.1";
     pub const DATABASE_PORT: u16 = 5432;
@@ -71,6 +72,7 @@ pub struct FileConfig {
     #[serde(default, deserialize_with = "duration_text")]
     pub shutdown_timeout: Option<String>,
     pub max_packet_size: Option<u32>,
+    pub workers: Option<usize>,
     pub log_level: Option<String>,
     #[serde(default)]
     pub databases: BTreeMap<String, FileDatabase>,
@@ -136,6 +138,7 @@ impl FileConfig {
             client_login_timeout: over(&cli.client_login_timeout, self.client_login_timeout),
             shutdown_timeout: over(&cli.shutdown_timeout, self.shutdown_timeout),
             max_packet_size: over(&cli.max_packet_size, self.max_packet_size),
+            workers: over(&cli.workers, self.workers),
             log_level: over(&cli.log_level, self.log_level),
             databases: self.databases,
             users: self.users,

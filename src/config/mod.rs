@@ -102,5 +102,7 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// Largest protocol message accepted whole (startup, auth and inspected messages).
     pub max_packet_size: u32,
+    /// Runtime threads serving clients (1: a single-threaded runtime).
+    pub workers: usize,
     pub log_level: String,
 }

@@ -178,6 +178,7 @@ fn top_level(check: &mut Checker, merged: &FileConfig) -> Config {
         client_login_timeout: duration!(client_login_timeout, CLIENT_LOGIN_TIMEOUT),
         shutdown_timeout: duration!(shutdown_timeout, SHUTDOWN_TIMEOUT),
         max_packet_size: merged.max_packet_size.unwrap_or(defaults::MAX_PACKET_SIZE),
+        workers: merged.workers.unwrap_or(defaults::WORKERS),
         log_level: check.log_level(merged.log_level.as_deref().unwrap_or(defaults::LOG_LEVEL)),
     };
     check.limits(&config);
@@ -210,6 +211,7 @@ impl Checker {
         self.at_least("pool_size", config.pool_size, 1);
         self.min_pool_size("min_pool_size", config.min_pool_size, config.pool_size);
         self.at_least("max_client_conn", config.max_client_conn, 1);
+        self.at_least("workers", config.workers, 1);
         if config.server_connect_timeout.is_zero() {
             self.error("server_connect_timeout", "must be more than 0");
         }
