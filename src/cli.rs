@@ -81,7 +81,7 @@ pub struct Cli {
     #[arg(help_heading = AUTHENTICATION)]
     pub auth_file: Option<PathBuf>,
 
-    /// When a client's server goes back to the pool. Default: session.
+    /// When a client's server goes back to the pool. Default: transaction.
     #[arg(long, env = "PGWARDEN_POOL_MODE", value_name = "MODE")]
     #[arg(help_heading = POOLING)]
     pub pool_mode: Option<PoolMode>,
@@ -177,7 +177,7 @@ mod tests {
         let expected = [
             ("listen", defaults::LISTEN.to_owned()),
             ("auth_type", "scram-sha-256".to_owned()),
-            ("pool_mode", "session".to_owned()),
+            ("pool_mode", "transaction".to_owned()),
             ("pool_size", defaults::POOL_SIZE.to_string()),
             ("min_pool_size", defaults::MIN_POOL_SIZE.to_string()),
             ("max_client_conn", defaults::MAX_CLIENT_CONN.to_string()),

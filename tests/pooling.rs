@@ -30,7 +30,8 @@ fn config(pg: &PgServer, settings: &[(&str, &str)]) -> String {
 }
 
 fn config_to(host: &str, port: u16, settings: &[(&str, &str)]) -> String {
-    let mut toml = String::from("auth_type = \"trust\"\n");
+    // Session pooling is what these tests are about; transaction mode has tests/transaction.rs.
+    let mut toml = String::from("auth_type = \"trust\"\npool_mode = \"session\"\n");
     let defaults = [
         ("query_wait_timeout", "\"5s\""),
         ("shutdown_timeout", "\"2s\""),

@@ -22,7 +22,7 @@ pub mod defaults {
     pub const LISTEN: &str = "127.0.0.1:6432";
     pub const AUTH_TYPE: AuthType = AuthType::ScramSha256;
     /// Session until transaction pooling is implemented; then transaction becomes the default.
-    pub const POOL_MODE: PoolMode = PoolMode::Session;
+    pub const POOL_MODE: PoolMode = PoolMode::Transaction;
     pub const POOL_SIZE: usize = 20;
     pub const MIN_POOL_SIZE: usize = 0;
     pub const MAX_CLIENT_CONN: usize = 1000;

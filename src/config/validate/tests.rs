@@ -35,7 +35,7 @@ fn defaults_fill_everything_not_given() {
     assert_eq!(config.listen, vec![defaults::LISTEN.to_owned()]);
     assert_eq!(config.unix_socket_dir, None);
     assert_eq!(config.auth_type, defaults::AUTH_TYPE);
-    assert_eq!(config.pool_mode, PoolMode::Session);
+    assert_eq!(config.pool_mode, PoolMode::Transaction);
     assert_eq!(config.pool_size, 20);
     assert_eq!(config.min_pool_size, 0);
     assert_eq!(config.max_client_conn, 1000);
