@@ -49,7 +49,12 @@ impl Pump {
         match stream.try_read_buf(&mut self.buf) {
             Ok(0) => Ok(false),
             Ok(_) => Ok(true),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                // A wake-up with nothing to read (readiness left over from login): give the
+                // reservation back, or every idle client would keep READ_CHUNK for nothing.
+                self.release_memory();
+                Ok(true)
+            }
             Err(e) => Err(e),
         }
     }

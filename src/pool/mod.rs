@@ -137,12 +137,6 @@ impl Pool {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Counts for observability and tests: (open, idle, waiting).
-    pub fn counts(&self) -> (usize, usize, usize) {
-        let state = self.state();
-        (state.open, state.idle.len(), state.waiters.len())
-    }
-
     /// Counts a client as pinned for as long as the returned guard lives.
     pub fn pin(&self) -> PinGuard {
         self.0.pinned.fetch_add(1, Ordering::Relaxed);

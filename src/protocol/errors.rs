@@ -6,7 +6,7 @@ use std::borrow::Cow;
 
 use bytes::BytesMut;
 use pgwire::error::ErrorInfo;
-use pgwire::messages::response::{ErrorResponse, NoticeResponse};
+use pgwire::messages::response::ErrorResponse;
 use pgwire::messages::Message;
 
 /// SQLSTATE codes pgwarden reports.
@@ -69,11 +69,6 @@ impl PgError {
             detail: None,
             hint: None,
         }
-    }
-
-    pub fn with_detail(mut self, detail: impl Into<String>) -> Self {
-        self.detail = Some(detail.into());
-        self
     }
 
     pub fn with_hint(mut self, hint: impl Into<String>) -> Self {
@@ -144,12 +139,6 @@ impl PgError {
             format!("too many client connections (max_client_conn = {max})"),
         )
     }
-}
-
-/// A NoticeResponse pgwarden sends on its own account (e.g. "you are queued").
-pub fn notice(message: &str, buf: &mut BytesMut) {
-    let info = ErrorInfo::new("NOTICE".to_owned(), "00000".to_owned(), message.to_owned());
-    let _ = NoticeResponse::new(ErrorResponse::from(info).fields).encode(buf);
 }
 
 impl std::fmt::Display for PgError {

@@ -103,11 +103,6 @@ impl Framer {
     }
 }
 
-/// Splits a complete message (header included) into its tag and body.
-pub fn split_message(msg: &[u8]) -> (u8, &[u8]) {
-    (msg[0], &msg[HEADER_LEN.min(msg.len())..])
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

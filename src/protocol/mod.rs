@@ -35,13 +35,6 @@ impl TransactionStatus {
     }
 }
 
-/// Appends a NUL-terminated string.
-pub fn put_cstr(buf: &mut bytes::BytesMut, s: &str) {
-    use bytes::BufMut;
-    buf.put_slice(s.as_bytes());
-    buf.put_u8(0);
-}
-
 /// Reads NUL-terminated strings out of a body.
 pub fn cstrings(body: &[u8]) -> impl Iterator<Item = &str> {
     body.split(|b| *b == 0)
