@@ -6,16 +6,14 @@ mod common;
 
 use std::time::Duration;
 
+use common::clients::one_server_config;
+use common::raw::{message, startup, PROTOCOL_3_0};
 use common::{start_proxy, PgServer, Proxy};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 fn config(pg: &PgServer) -> String {
-    format!(
-        "auth_type = \"trust\"\npool_mode = \"transaction\"\npool_size = 1\nquery_wait_timeout = \"3s\"\n\
-         [databases.\"*\"]\nhost = \"127.0.0.1\"\nport = {}\n",
-        pg.port
-    )
+    one_server_config(pg, "transaction")
 }
 
 /// With pool_size 1, `other` can only run a query if `holder` has given the server back.
@@ -32,11 +30,11 @@ struct Raw(TcpStream);
 impl Raw {
     async fn login(proxy: &Proxy) -> Raw {
         let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
-        let mut body = 196_608i32.to_be_bytes().to_vec();
-        body.extend_from_slice(b"user\0trust_user\0database\0postgres\0\0");
-        let mut packet = ((body.len() + 4) as u32).to_be_bytes().to_vec();
-        packet.extend(body);
-        stream.write_all(&packet).await.unwrap();
+        let hello = startup(
+            PROTOCOL_3_0,
+            &[("user", "trust_user"), ("database", "postgres")],
+        );
+        stream.write_all(&hello).await.unwrap();
         let mut raw = Raw(stream);
         raw.read_until_ready(1).await;
         raw
@@ -45,9 +43,7 @@ impl Raw {
     async fn send(&mut self, messages: &[(u8, &[u8])]) {
         let mut out = Vec::new();
         for (tag, body) in messages {
-            out.push(*tag);
-            out.extend(((body.len() + 4) as u32).to_be_bytes());
-            out.extend_from_slice(body);
+            out.extend(message(*tag, body));
         }
         self.0.write_all(&out).await.unwrap();
     }

@@ -9,31 +9,19 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_postgres::{Client, NoTls};
 
+use common::clients::session_setup;
+use common::raw::{
+    packet, query, raw_query, read_until_ready, startup, CANCEL_REQUEST, PROTOCOL_3_0, SSL_REQUEST,
+};
 use common::{describe, start_proxy, PgServer, Proxy};
 
-const CANCEL_REQUEST: i32 = 80_877_102;
 /// How long a raw read waits before the test fails.
 const READ_DEADLINE: Duration = Duration::from_secs(10);
 
 /// A throwaway Postgres and a pgwarden in front of it: `app` logs in with SCRAM as usual;
 /// `trust_user` is trusted by both, for the raw-protocol clients.
 async fn setup(auth_type: &str) -> (PgServer, Proxy) {
-    let pg = tokio::task::spawn_blocking(PgServer::start).await.unwrap();
-    let proxy = start_proxy(&format!(
-        r#"
-auth_type = "{auth_type}"
-pool_mode = "session"
-pool_size = 5
-[databases."*"]
-host = "127.0.0.1"
-port = {}
-[users.app]
-password = "app_pw"
-"#,
-        pg.port
-    ))
-    .await;
-    (pg, proxy)
+    session_setup(auth_type).await
 }
 
 /// Polls pg_stat_activity until a backend of `user` is running a statement containing
@@ -118,52 +106,6 @@ async fn cancel_token_cancels_a_running_query_and_the_session_goes_on() {
 
 // ---- a raw client, to see and forge cancel keys ----
 
-fn startup(params: &[(&str, &str)]) -> Vec<u8> {
-    let mut body = (3i32 << 16).to_be_bytes().to_vec();
-    for (key, value) in params {
-        body.extend_from_slice(key.as_bytes());
-        body.push(0);
-        body.extend_from_slice(value.as_bytes());
-        body.push(0);
-    }
-    body.push(0);
-    let mut out = ((4 + body.len()) as u32).to_be_bytes().to_vec();
-    out.extend_from_slice(&body);
-    out
-}
-
-fn query(sql: &str) -> Vec<u8> {
-    let mut out = vec![b'Q'];
-    out.extend_from_slice(&((4 + sql.len() + 1) as u32).to_be_bytes());
-    out.extend_from_slice(sql.as_bytes());
-    out.push(0);
-    out
-}
-
-async fn read_message(stream: &mut TcpStream) -> (u8, Vec<u8>) {
-    tokio::time::timeout(READ_DEADLINE, async {
-        let mut header = [0u8; 5];
-        stream.read_exact(&mut header).await.expect("read header");
-        let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
-        let mut body = vec![0u8; len - 4];
-        stream.read_exact(&mut body).await.expect("read body");
-        (header[0], body)
-    })
-    .await
-    .unwrap_or_else(|_| panic!("no message from pgwarden within {READ_DEADLINE:?}"))
-}
-
-async fn read_until_ready(stream: &mut TcpStream) -> Vec<(u8, Vec<u8>)> {
-    let mut messages = Vec::new();
-    loop {
-        let (tag, body) = read_message(stream).await;
-        messages.push((tag, body));
-        if tag == b'Z' {
-            return messages;
-        }
-    }
-}
-
 /// The SQLSTATE of the ErrorResponse among `messages`, if any.
 fn error_code(messages: &[(u8, Vec<u8>)]) -> Option<String> {
     let (_, body) = messages.iter().find(|(t, _)| *t == b'E')?;
@@ -175,9 +117,12 @@ fn error_code(messages: &[(u8, Vec<u8>)]) -> Option<String> {
 /// A raw connection logged in as `trust_user`, and the (pid, secret) of its BackendKeyData.
 async fn raw_login(proxy: &Proxy) -> (TcpStream, i32, i32) {
     let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
-    let hello = startup(&[("user", "trust_user"), ("database", "appdb")]);
+    let hello = startup(
+        PROTOCOL_3_0,
+        &[("user", "trust_user"), ("database", "appdb")],
+    );
     stream.write_all(&hello).await.unwrap();
-    let messages = read_until_ready(&mut stream).await;
+    let messages = read_until_ready(&mut stream, READ_DEADLINE).await;
     assert_eq!(error_code(&messages), None, "login failed");
     let (_, key) = messages
         .iter()
@@ -199,9 +144,7 @@ async fn send_cancel(proxy: &Proxy, pid: i32, secret: i32) {
 /// The same, after asking for SSL and being refused, as libpq 17 does for its cancels.
 async fn send_cancel_after_ssl_request(proxy: &Proxy, pid: i32, secret: i32) {
     let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
-    let mut ssl_request = 8u32.to_be_bytes().to_vec();
-    ssl_request.extend_from_slice(&80_877_103i32.to_be_bytes());
-    stream.write_all(&ssl_request).await.unwrap();
+    stream.write_all(&packet(SSL_REQUEST, b"")).await.unwrap();
     let mut answer = [0u8; 1];
     stream.read_exact(&mut answer).await.unwrap();
     assert_eq!(answer[0], b'N');
@@ -209,11 +152,12 @@ async fn send_cancel_after_ssl_request(proxy: &Proxy, pid: i32, secret: i32) {
 }
 
 async fn cancel_on(mut stream: TcpStream, pid: i32, secret: i32) {
-    let mut packet = 16u32.to_be_bytes().to_vec();
-    packet.extend_from_slice(&CANCEL_REQUEST.to_be_bytes());
-    packet.extend_from_slice(&pid.to_be_bytes());
-    packet.extend_from_slice(&secret.to_be_bytes());
-    stream.write_all(&packet).await.unwrap();
+    let mut key = pid.to_be_bytes().to_vec();
+    key.extend_from_slice(&secret.to_be_bytes());
+    stream
+        .write_all(&packet(CANCEL_REQUEST, &key))
+        .await
+        .unwrap();
     let mut answer = Vec::new();
     tokio::time::timeout(READ_DEADLINE, stream.read_to_end(&mut answer))
         .await
@@ -223,12 +167,6 @@ async fn cancel_on(mut stream: TcpStream, pid: i32, secret: i32) {
         answer.is_empty(),
         "a cancel request gets no answer: {answer:?}"
     );
-}
-
-/// Runs `sql` on a raw connection and returns the messages up to ReadyForQuery.
-async fn raw_query(stream: &mut TcpStream, sql: &str) -> Vec<(u8, Vec<u8>)> {
-    stream.write_all(&query(sql)).await.unwrap();
-    read_until_ready(stream).await
 }
 
 /// The text of the first cell of the first DataRow.
@@ -274,7 +212,7 @@ async fn only_the_right_key_cancels() {
         still_running(&admin, "trust_user", "pg_sleep(2)").await,
         "the query ended before the wrong keys were all tried (machine too slow?)"
     );
-    let messages = read_until_ready(&mut stream).await;
+    let messages = read_until_ready(&mut stream, READ_DEADLINE).await;
     assert_eq!(
         error_code(&messages),
         None,
@@ -293,13 +231,13 @@ async fn only_the_right_key_cancels() {
         .unwrap();
     wait_running(&admin, "trust_user", "pg_sleep(30)").await;
     send_cancel(&proxy, pid, secret).await;
-    let messages = read_until_ready(&mut stream).await;
+    let messages = read_until_ready(&mut stream, READ_DEADLINE).await;
     assert_eq!(error_code(&messages).as_deref(), Some("57014"));
     assert!(started.elapsed() < Duration::from_secs(10));
 
     // The session goes on.
     assert_eq!(
-        first_value(&raw_query(&mut stream, "select 'next'").await),
+        first_value(&raw_query(&mut stream, "select 'next'", READ_DEADLINE).await),
         "next"
     );
 }
@@ -310,9 +248,10 @@ async fn the_client_gets_the_proxy_key_not_the_backend_key() {
     let admin = pg.admin().await;
     let (mut stream, pid, secret) = raw_login(&proxy).await;
 
-    let backend_pid: i32 = first_value(&raw_query(&mut stream, "select pg_backend_pid()").await)
-        .parse()
-        .unwrap();
+    let backend_pid: i32 =
+        first_value(&raw_query(&mut stream, "select pg_backend_pid()", READ_DEADLINE).await)
+            .parse()
+            .unwrap();
     assert_ne!(
         pid, backend_pid,
         "BackendKeyData carries the backend's own pid"
@@ -325,7 +264,7 @@ async fn the_client_gets_the_proxy_key_not_the_backend_key() {
         .unwrap();
     wait_running(&admin, "trust_user", "pg_sleep(2)").await;
     send_cancel(&proxy, backend_pid, secret).await;
-    let messages = read_until_ready(&mut stream).await;
+    let messages = read_until_ready(&mut stream, READ_DEADLINE).await;
     assert_eq!(
         error_code(&messages),
         None,
@@ -339,7 +278,7 @@ async fn the_client_gets_the_proxy_key_not_the_backend_key() {
         .unwrap();
     wait_running(&admin, "trust_user", "pg_sleep(30)").await;
     send_cancel_after_ssl_request(&proxy, pid, secret).await;
-    let messages = read_until_ready(&mut stream).await;
+    let messages = read_until_ready(&mut stream, READ_DEADLINE).await;
     assert_eq!(error_code(&messages).as_deref(), Some("57014"));
 
     // Two clients get different keys.
@@ -366,12 +305,14 @@ port = {}
     let admin = pg.admin().await;
 
     let (mut first, old_pid, old_secret) = raw_login(&proxy).await;
-    let first_backend = first_value(&raw_query(&mut first, "select pg_backend_pid()").await);
+    let first_backend =
+        first_value(&raw_query(&mut first, "select pg_backend_pid()", READ_DEADLINE).await);
     first.write_all(&[b'X', 0, 0, 0, 4]).await.unwrap();
     drop(first);
 
     let (mut second, pid, secret) = raw_login(&proxy).await;
-    let second_backend = first_value(&raw_query(&mut second, "select pg_backend_pid()").await);
+    let second_backend =
+        first_value(&raw_query(&mut second, "select pg_backend_pid()", READ_DEADLINE).await);
     assert_eq!(first_backend, second_backend, "the server was reused");
     assert_ne!((pid, secret), (old_pid, old_secret), "keys are not reused");
 
@@ -381,7 +322,7 @@ port = {}
         .unwrap();
     wait_running(&admin, "trust_user", "pg_sleep(2)").await;
     send_cancel(&proxy, old_pid, old_secret).await;
-    let messages = read_until_ready(&mut second).await;
+    let messages = read_until_ready(&mut second, READ_DEADLINE).await;
     assert_eq!(
         error_code(&messages),
         None,
@@ -409,8 +350,8 @@ port = {}
 
     let (mut a, a_pid, a_secret) = raw_login(&proxy).await;
     let (mut b, _, _) = raw_login(&proxy).await;
-    let a_backend = first_value(&raw_query(&mut a, "select pg_backend_pid()").await);
-    let b_backend = first_value(&raw_query(&mut b, "select pg_backend_pid()").await);
+    let a_backend = first_value(&raw_query(&mut a, "select pg_backend_pid()", READ_DEADLINE).await);
+    let b_backend = first_value(&raw_query(&mut b, "select pg_backend_pid()", READ_DEADLINE).await);
     assert_eq!(a_backend, b_backend, "one server for both");
 
     // A is idle (holds no server) while B runs on the server A used: A's key cancels nothing.
@@ -419,7 +360,7 @@ port = {}
         .unwrap();
     wait_running(&admin, "trust_user", "pg_sleep(2)").await;
     send_cancel(&proxy, a_pid, a_secret).await;
-    let messages = read_until_ready(&mut b).await;
+    let messages = read_until_ready(&mut b, READ_DEADLINE).await;
     assert_eq!(error_code(&messages), None, "A's key cancelled B's query");
 
     // While A runs a query, A's key cancels it.
@@ -427,15 +368,15 @@ port = {}
     a.write_all(&query("select pg_sleep(30)")).await.unwrap();
     wait_running(&admin, "trust_user", "pg_sleep(30)").await;
     send_cancel(&proxy, a_pid, a_secret).await;
-    let messages = read_until_ready(&mut a).await;
+    let messages = read_until_ready(&mut a, READ_DEADLINE).await;
     assert_eq!(error_code(&messages).as_deref(), Some("57014"));
     assert!(started.elapsed() < Duration::from_secs(10));
     assert_eq!(
-        first_value(&raw_query(&mut b, "select 'b goes on'").await),
+        first_value(&raw_query(&mut b, "select 'b goes on'", READ_DEADLINE).await),
         "b goes on"
     );
     assert_eq!(
-        first_value(&raw_query(&mut a, "select 'a goes on'").await),
+        first_value(&raw_query(&mut a, "select 'a goes on'", READ_DEADLINE).await),
         "a goes on"
     );
 }

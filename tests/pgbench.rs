@@ -6,32 +6,16 @@
 
 mod common;
 
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::Duration;
 
-use common::{pg_bin, start_proxy, PgServer, Proxy};
+use common::pgbench::{self, output_text, processed};
+use common::{start_proxy, PgServer, Proxy};
 
 /// `pgbench` as postgres/postgres against 127.0.0.1:`port`, database postgres, with `args`;
 /// run on a blocking thread. Panics if it cannot be started.
 fn pgbench_command(port: u16, args: &[&str]) -> Command {
-    let mut cmd = Command::new(pg_bin("pgbench"));
-    for var in [
-        "PGHOST",
-        "PGPORT",
-        "PGUSER",
-        "PGDATABASE",
-        "PGOPTIONS",
-        "PGSERVICE",
-        "PGSSLMODE",
-    ] {
-        cmd.env_remove(var);
-    }
-    cmd.env("PGPASSWORD", "postgres")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres"])
-        .args(args)
-        .arg("postgres")
-        .stdin(Stdio::null());
-    cmd
+    pgbench::pgbench_command(port, "postgres", "postgres", "postgres", args)
 }
 
 async fn pgbench(port: u16, args: &[&str]) -> Output {
@@ -48,7 +32,7 @@ async fn init_tables(pg: &PgServer) {
         out.status.success(),
         "pgbench -i failed ({}):\n{}",
         out.status,
-        text(&out)
+        output_text(&out)
     );
 }
 
@@ -79,29 +63,9 @@ async fn warm_up(proxy: &Proxy, n: usize) {
     drop(clients);
 }
 
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-/// The N of pgbench's "number of transactions actually processed: N" (or "N/M").
-fn processed(output: &str) -> u64 {
-    let line = output
-        .lines()
-        .find_map(|l| l.strip_prefix("number of transactions actually processed: "));
-    let line = line.unwrap_or_else(|| panic!("no transaction count in pgbench output:\n{output}"));
-    let count = line.split('/').next().unwrap().trim();
-    count
-        .parse()
-        .unwrap_or_else(|_| panic!("bad transaction count {line:?}"))
-}
-
 /// A successful run: exit 0, no failed transaction; returns the output.
 fn assert_clean_run(out: &Output) -> String {
-    let output = text(out);
+    let output = output_text(out);
     assert!(
         out.status.success(),
         "pgbench failed ({}):\n{output}",

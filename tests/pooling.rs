@@ -12,6 +12,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::clients::{pool_config, text};
 use common::{describe, start_proxy, PgServer, Proxy};
 use futures_util::SinkExt;
 use tokio::task::JoinHandle;
@@ -31,23 +32,12 @@ fn config(pg: &PgServer, settings: &[(&str, &str)]) -> String {
 
 fn config_to(host: &str, port: u16, settings: &[(&str, &str)]) -> String {
     // Session pooling is what these tests are about; transaction mode has tests/transaction.rs.
-    let mut toml = String::from("auth_type = \"trust\"\npool_mode = \"session\"\n");
+    let head = "auth_type = \"trust\"\npool_mode = \"session\"\n";
     let defaults = [
         ("query_wait_timeout", "\"5s\""),
         ("shutdown_timeout", "\"2s\""),
     ];
-    for (key, value) in defaults {
-        if !settings.iter().any(|(k, _)| *k == key) {
-            toml.push_str(&format!("{key} = {value}\n"));
-        }
-    }
-    for (key, value) in settings {
-        toml.push_str(&format!("{key} = {value}\n"));
-    }
-    toml.push_str(&format!(
-        "[databases.\"*\"]\nhost = \"{host}\"\nport = {port}\n[users.app]\npassword = \"app_pw\"\n"
-    ));
-    toml
+    pool_config(head, &defaults, settings, host, port)
 }
 
 /// A client of the proxy that has run a query (so it holds a server), with the connection
@@ -144,14 +134,6 @@ async fn served(attempt: Attempt, what: &str) -> Conn {
     result
         .unwrap()
         .unwrap_or_else(|e| panic!("{what}: {}", describe(&e)))
-}
-
-/// `SELECT <expr>::text` as one value (NULL as `None`).
-async fn text(client: &Client, expr: &str) -> Option<String> {
-    let sql = format!("SELECT ({expr})::text");
-    let row = client.query_one(sql.as_str(), &[]).await;
-    row.unwrap_or_else(|e| panic!("{sql}: {}", describe(&e)))
-        .get(0)
 }
 
 /// The SQLSTATE and message of a refusal (at login or at the first query).

@@ -15,29 +15,15 @@ use tokio::sync::mpsc;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{AsyncMessage, Client, NoTls, SimpleQueryMessage};
 
-use common::{describe, pg_bin, start_proxy, PgServer, Proxy};
+use common::clients::{session_setup, simple_rows};
+use common::{describe, pg_bin, PgServer, Proxy};
 
 /// How long a test waits for an asynchronous message before failing.
 const ASYNC_DEADLINE: Duration = Duration::from_secs(5);
 
 /// A throwaway Postgres and a session-mode pgwarden in front of it that knows `app`.
 async fn setup() -> (PgServer, Proxy) {
-    let pg = tokio::task::spawn_blocking(PgServer::start).await.unwrap();
-    let proxy = start_proxy(&format!(
-        r#"
-auth_type = "scram-sha-256"
-pool_mode = "session"
-pool_size = 5
-[databases."*"]
-host = "127.0.0.1"
-port = {}
-[users.app]
-password = "app_pw"
-"#,
-        pg.port
-    ))
-    .await;
-    (pg, proxy)
+    session_setup("scram-sha-256").await
 }
 
 /// The SQLSTATE of a server error; panics (describing it) on any other error.
@@ -46,21 +32,6 @@ fn sqlstate(err: &tokio_postgres::Error) -> &str {
         Some(db) => db.code().code(),
         None => panic!("expected a server error, got: {}", describe(err)),
     }
-}
-
-/// The text of every cell of every row a simple query returned, row by row.
-fn simple_rows(messages: &[SimpleQueryMessage]) -> Vec<Vec<Option<String>>> {
-    messages
-        .iter()
-        .filter_map(|m| match m {
-            SimpleQueryMessage::Row(row) => Some(
-                (0..row.len())
-                    .map(|i| row.get(i).map(str::to_owned))
-                    .collect(),
-            ),
-            _ => None,
-        })
-        .collect()
 }
 
 /// A connection whose asynchronous messages (notices, notifications) arrive on a channel.

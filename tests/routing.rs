@@ -3,16 +3,9 @@
 
 mod common;
 
+use common::clients::text;
 use common::{describe, start_proxy, PgServer};
 use tokio_postgres::Client;
-
-/// `SELECT <expr>::text` on `client`, as one string (NULL as `None`).
-async fn text(client: &Client, expr: &str) -> Option<String> {
-    let sql = format!("SELECT ({expr})::text");
-    let row = client.query_one(sql.as_str(), &[]).await;
-    row.unwrap_or_else(|e| panic!("{sql}: {}", describe(&e)))
-        .get(0)
-}
 
 async fn current_database(client: &Client) -> String {
     text(client, "current_database()").await.unwrap()

@@ -15,108 +15,20 @@ use tokio::net::TcpStream;
 use tokio_postgres::NoTls;
 use tokio_util::sync::CancellationToken;
 
+use common::clients::{session_config as config, session_setup};
+use common::raw::{
+    fields, packet, query, raw_query, read_message, read_until_ready, startup, tags,
+    GSSENC_REQUEST, PROTOCOL_3_0, PROTOCOL_3_1, SSL_REQUEST,
+};
 use common::{describe, pg_bin, start_proxy, PgServer, Proxy};
 
-const PROTOCOL_3_0: i32 = 3 << 16;
-const PROTOCOL_3_1: i32 = (3 << 16) | 1;
-const SSL_REQUEST: i32 = 80_877_103;
-const GSSENC_REQUEST: i32 = 80_877_104;
 /// How long a raw read waits before the test fails.
 const READ_DEADLINE: Duration = Duration::from_secs(5);
 
 /// A throwaway Postgres and a pgwarden in front of it: `trust` for the raw clients
 /// (`trust_user` needs no password at the server either), and `app` for libpq-style clients.
 async fn setup(auth_type: &str) -> (PgServer, Proxy) {
-    let pg = tokio::task::spawn_blocking(PgServer::start).await.unwrap();
-    let proxy = start_proxy(&config(&pg, auth_type, "")).await;
-    (pg, proxy)
-}
-
-fn config(pg: &PgServer, auth_type: &str, extra: &str) -> String {
-    format!(
-        r#"
-auth_type = "{auth_type}"
-pool_mode = "session"
-pool_size = 5
-{extra}
-[databases."*"]
-host = "127.0.0.1"
-port = {}
-[users.app]
-password = "app_pw"
-"#,
-        pg.port
-    )
-}
-
-/// A startup-phase packet: length, code, body.
-fn packet(code: i32, body: &[u8]) -> Vec<u8> {
-    let mut out = ((8 + body.len()) as u32).to_be_bytes().to_vec();
-    out.extend_from_slice(&code.to_be_bytes());
-    out.extend_from_slice(body);
-    out
-}
-
-/// A StartupMessage of protocol `version` with `params`.
-fn startup(version: i32, params: &[(&str, &str)]) -> Vec<u8> {
-    let mut body = Vec::new();
-    for (key, value) in params {
-        body.extend_from_slice(key.as_bytes());
-        body.push(0);
-        body.extend_from_slice(value.as_bytes());
-        body.push(0);
-    }
-    body.push(0);
-    packet(version, &body)
-}
-
-/// A tagged frontend message.
-fn message(tag: u8, body: &[u8]) -> Vec<u8> {
-    let mut out = vec![tag];
-    out.extend_from_slice(&((4 + body.len()) as u32).to_be_bytes());
-    out.extend_from_slice(body);
-    out
-}
-
-fn query(sql: &str) -> Vec<u8> {
-    let mut body = sql.as_bytes().to_vec();
-    body.push(0);
-    message(b'Q', &body)
-}
-
-/// One backend message (tag, body), or `None` at end of stream.
-async fn read_message(stream: &mut TcpStream) -> Option<(u8, Vec<u8>)> {
-    tokio::time::timeout(READ_DEADLINE, async {
-        let mut header = [0u8; 5];
-        if stream.read_exact(&mut header).await.is_err() {
-            return None;
-        }
-        let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
-        assert!(len >= 4, "backend message length {len}");
-        let mut body = vec![0u8; len - 4];
-        stream.read_exact(&mut body).await.ok()?;
-        Some((header[0], body))
-    })
-    .await
-    .unwrap_or_else(|_| panic!("no message from pgwarden within {READ_DEADLINE:?}"))
-}
-
-/// Reads messages up to and including ReadyForQuery.
-async fn read_until_ready(stream: &mut TcpStream) -> Vec<(u8, Vec<u8>)> {
-    let mut messages = Vec::new();
-    loop {
-        let (tag, body) = read_message(stream)
-            .await
-            .unwrap_or_else(|| panic!("connection closed; got so far {}", tags(&messages)));
-        messages.push((tag, body));
-        if tag == b'Z' {
-            return messages;
-        }
-    }
-}
-
-fn tags(messages: &[(u8, Vec<u8>)]) -> String {
-    messages.iter().map(|(t, _)| *t as char).collect()
+    session_setup(auth_type).await
 }
 
 /// Whatever the peer still sends before closing (bounded by the read deadline).
@@ -129,14 +41,6 @@ async fn read_to_end(stream: &mut TcpStream) -> Vec<u8> {
         })
         .ok();
     rest
-}
-
-/// The fields of an ErrorResponse or NoticeResponse body, by field code.
-fn fields(body: &[u8]) -> HashMap<u8, String> {
-    body.split(|b| *b == 0)
-        .filter_map(|f| f.split_first())
-        .map(|(code, value)| (*code, String::from_utf8_lossy(value).into_owned()))
-        .collect()
 }
 
 /// Asserts `bytes` is exactly one ErrorResponse with `code`, and returns its fields.
@@ -186,7 +90,7 @@ async fn login_trust(stream: &mut TcpStream, version: i32, extra: &[(&str, &str)
     let mut params = vec![("user", "trust_user"), ("database", "appdb")];
     params.extend_from_slice(extra);
     stream.write_all(&startup(version, &params)).await.unwrap();
-    expect_login_ok(read_until_ready(stream).await);
+    expect_login_ok(read_until_ready(stream, READ_DEADLINE).await);
 }
 
 fn expect_login_ok(messages: Vec<(u8, Vec<u8>)>) {
@@ -207,8 +111,7 @@ fn expect_login_ok(messages: Vec<(u8, Vec<u8>)>) {
 
 /// A query on a raw logged-in connection returns its single value.
 async fn raw_select(stream: &mut TcpStream, sql: &str) -> String {
-    stream.write_all(&query(sql)).await.unwrap();
-    single_value(&read_until_ready(stream).await)
+    single_value(&raw_query(stream, sql, READ_DEADLINE).await)
 }
 
 async fn dial(proxy: &Proxy) -> TcpStream {
@@ -330,7 +233,7 @@ async fn protocol_3_1_is_negotiated_down_to_3_0() {
         .write_all(&startup(PROTOCOL_3_1, &params))
         .await
         .unwrap();
-    let mut messages = read_until_ready(&mut stream).await;
+    let mut messages = read_until_ready(&mut stream, READ_DEADLINE).await;
     let (tag, body) = messages.remove(0);
     assert_eq!(tag, b'v', "NegotiateProtocolVersion first");
     let (minor, mut options) = negotiate_body(&body);
@@ -349,7 +252,7 @@ async fn protocol_3_1_is_negotiated_down_to_3_0() {
         .write_all(&startup(PROTOCOL_3_1, &params[..2]))
         .await
         .unwrap();
-    let mut messages = read_until_ready(&mut stream).await;
+    let mut messages = read_until_ready(&mut stream, READ_DEADLINE).await;
     let (tag, body) = messages.remove(0);
     assert_eq!(tag, b'v');
     assert_eq!(negotiate_body(&body), (0, vec![]));
@@ -361,7 +264,7 @@ async fn protocol_3_1_is_negotiated_down_to_3_0() {
         .write_all(&startup(PROTOCOL_3_0, &[params[0], params[1], params[3]]))
         .await
         .unwrap();
-    let mut messages = read_until_ready(&mut stream).await;
+    let mut messages = read_until_ready(&mut stream, READ_DEADLINE).await;
     let (tag, body) = messages.remove(0);
     assert_eq!(tag, b'v');
     assert_eq!(negotiate_body(&body), (0, vec!["_pq_.second".to_owned()]));
@@ -400,10 +303,10 @@ async fn login_reports_the_same_parameters_as_postgres() {
 
     let mut direct = TcpStream::connect(("127.0.0.1", pg.port)).await.unwrap();
     direct.write_all(&hello).await.unwrap();
-    let direct_login = read_until_ready(&mut direct).await;
+    let direct_login = read_until_ready(&mut direct, READ_DEADLINE).await;
     let mut through = dial(&proxy).await;
     through.write_all(&hello).await.unwrap();
-    let proxy_login = read_until_ready(&mut through).await;
+    let proxy_login = read_until_ready(&mut through, READ_DEADLINE).await;
     expect_login_ok(proxy_login.clone());
 
     let expected = parameter_statuses(&direct_login);
@@ -437,8 +340,8 @@ async fn a_query_sent_right_behind_the_startup_packet_is_answered() {
     );
     bytes.extend(query("select 'eager'"));
     stream.write_all(&bytes).await.unwrap();
-    expect_login_ok(read_until_ready(&mut stream).await);
-    let answer = read_until_ready(&mut stream).await;
+    expect_login_ok(read_until_ready(&mut stream, READ_DEADLINE).await);
+    let answer = read_until_ready(&mut stream, READ_DEADLINE).await;
     assert_eq!(tags(&answer), "TDCZ");
     assert_eq!(single_value(&answer), "eager");
 }
@@ -465,7 +368,7 @@ async fn a_startup_packet_trickling_in_byte_by_byte_is_read_whole() {
         stream.write_all(&[*byte]).await.unwrap();
         stream.flush().await.unwrap();
     }
-    expect_login_ok(read_until_ready(&mut stream).await);
+    expect_login_ok(read_until_ready(&mut stream, READ_DEADLINE).await);
     assert_eq!(raw_select(&mut stream, "select 'whole'").await, "whole");
 }
 
@@ -536,14 +439,14 @@ async fn a_replication_startup_is_not_silently_turned_into_a_plain_session() {
 
     let mut stream = dial(&proxy).await;
     stream.write_all(&hello).await.unwrap();
-    let first = read_message(&mut stream).await;
+    let first = read_message(&mut stream, READ_DEADLINE).await;
     match first {
         Some((b'E', body)) => {
             let fields = fields(&body);
             assert_eq!(fields[&b'S'], "FATAL", "{fields:?}");
         }
         other => {
-            let login = read_until_ready(&mut stream).await;
+            let login = read_until_ready(&mut stream, READ_DEADLINE).await;
             panic!(
                 "pgwarden accepted a replication connection as a plain session: {:?} then {}",
                 other.map(|(t, _)| t as char),
@@ -620,7 +523,7 @@ async fn startup_packets_as_long_as_postgres_takes_are_accepted() {
     for (name, addr) in [("Postgres", direct), ("pgwarden", proxy.addr)] {
         let mut stream = TcpStream::connect(addr).await.unwrap();
         stream.write_all(&longest).await.unwrap();
-        let first = read_message(&mut stream).await;
+        let first = read_message(&mut stream, READ_DEADLINE).await;
         if first.as_ref().map(|(tag, _)| *tag) != Some(b'R') {
             let said = match &first {
                 Some((b'E', body)) => format!("{:?}", fields(body)[&b'M']),
@@ -629,7 +532,7 @@ async fn startup_packets_as_long_as_postgres_takes_are_accepted() {
             refused.push(format!("{name}: {said}"));
             continue;
         }
-        read_until_ready(&mut stream).await;
+        read_until_ready(&mut stream, READ_DEADLINE).await;
         let sql = "select length(current_setting('x.pad'))::text";
         assert_eq!(
             raw_select(&mut stream, sql).await,

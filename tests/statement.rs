@@ -3,14 +3,11 @@
 
 mod common;
 
+use common::clients::one_server_config;
 use common::{start_proxy, PgServer};
 
 fn config(pg: &PgServer) -> String {
-    format!(
-        "auth_type = \"trust\"\npool_mode = \"statement\"\npool_size = 1\nquery_wait_timeout = \"3s\"\n\
-         [databases.\"*\"]\nhost = \"127.0.0.1\"\nport = {}\n",
-        pg.port
-    )
+    one_server_config(pg, "statement")
 }
 
 /// The first column of the first row, over the simple protocol (named prepared statements

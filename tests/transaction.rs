@@ -10,7 +10,7 @@
 
 mod common;
 
-use std::process::{Command, Output, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,9 +19,11 @@ use futures_util::{future, stream, StreamExt};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_postgres::types::{ToSql, Type};
-use tokio_postgres::{AsyncMessage, Client, Error, NoTls, Notification, SimpleQueryMessage};
+use tokio_postgres::{AsyncMessage, Client, Error, NoTls, Notification};
 
-use common::{describe, pg_bin, start_proxy, PgServer, Proxy};
+use common::clients::{pool_config, simple_rows};
+use common::pgbench::{self, output_text, processed};
+use common::{describe, start_proxy, PgServer, Proxy};
 
 /// Long enough for anything that should happen promptly on a loaded 2-core machine.
 const PROMPTLY: Duration = Duration::from_secs(5);
@@ -34,25 +36,13 @@ const DB: &str = "appdb";
 /// logs in to the server. `settings` are top-level `key = value` lines; they replace the
 /// defaults given here (SCRAM, a 10 s query_wait_timeout, a 2 s shutdown_timeout).
 fn config(pg: &PgServer, settings: &[(&str, &str)]) -> String {
-    let mut toml = String::from("pool_mode = \"transaction\"\n");
+    let head = "pool_mode = \"transaction\"\n";
     let defaults = [
         ("auth_type", "\"scram-sha-256\""),
         ("query_wait_timeout", "\"10s\""),
         ("shutdown_timeout", "\"2s\""),
     ];
-    for (key, value) in defaults {
-        if !settings.iter().any(|(k, _)| *k == key) {
-            toml.push_str(&format!("{key} = {value}\n"));
-        }
-    }
-    for (key, value) in settings {
-        toml.push_str(&format!("{key} = {value}\n"));
-    }
-    toml.push_str(&format!(
-        "[databases.\"*\"]\nhost = \"127.0.0.1\"\nport = {}\n[users.app]\npassword = \"app_pw\"\n",
-        pg.port
-    ));
-    toml
+    pool_config(head, &defaults, settings, "127.0.0.1", pg.port)
 }
 
 /// A client of the proxy (app on appdb). Its connection task is kept so that a test can
@@ -135,17 +125,7 @@ async fn open(proxy: &Proxy) -> Conn {
 /// Every row of every statement in `sql` (simple protocol), as text.
 async fn rows(client: &Client, sql: &str) -> Result<Vec<Vec<Option<String>>>, Error> {
     let messages = client.simple_query(sql).await?;
-    Ok(messages
-        .into_iter()
-        .filter_map(|m| match m {
-            SimpleQueryMessage::Row(row) => Some(
-                (0..row.len())
-                    .map(|i| row.get(i).map(str::to_owned))
-                    .collect(),
-            ),
-            _ => None,
-        })
-        .collect())
+    Ok(simple_rows(&messages))
 }
 
 /// The first column of the first row `sql` returns (simple protocol).
@@ -874,44 +854,7 @@ async fn two_hundred_clients_share_five_servers() {
 
 /// `pgbench` as app (password app_pw) against 127.0.0.1:`port`, database appdb.
 fn pgbench_command(port: u16, args: &[&str]) -> Command {
-    let mut cmd = Command::new(pg_bin("pgbench"));
-    for var in [
-        "PGHOST",
-        "PGPORT",
-        "PGUSER",
-        "PGDATABASE",
-        "PGOPTIONS",
-        "PGSERVICE",
-        "PGSSLMODE",
-    ] {
-        cmd.env_remove(var);
-    }
-    cmd.env("PGPASSWORD", "app_pw")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "app"])
-        .args(args)
-        .arg(DB)
-        .stdin(Stdio::null());
-    cmd
-}
-
-fn output_text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-/// The N of pgbench's "number of transactions actually processed: N" (or "N/M").
-fn processed(output: &str) -> u64 {
-    let line = output
-        .lines()
-        .find_map(|l| l.strip_prefix("number of transactions actually processed: "));
-    let line = line.unwrap_or_else(|| panic!("no transaction count in pgbench output:\n{output}"));
-    let count = line.split('/').next().unwrap().trim();
-    count
-        .parse()
-        .unwrap_or_else(|_| panic!("bad transaction count {line:?}"))
+    pgbench::pgbench_command(port, "app", "app_pw", DB, args)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
