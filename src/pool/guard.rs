@@ -26,10 +26,6 @@ impl PooledServer {
         }
     }
 
-    pub fn pool(&self) -> &Pool {
-        &self.pool
-    }
-
     /// Returns the server to the pool after running the reset query, if the session left it
     /// `clean` (idle, nothing in flight); otherwise closes it.
     pub async fn release(mut self, clean: bool) {

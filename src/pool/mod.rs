@@ -372,8 +372,9 @@ impl Pools {
     pub fn close(&self) {
         self.closed.cancel();
         for pool in self.all() {
-            let idle = std::mem::take(&mut pool.state().idle);
-            pool.state().open -= idle.len();
+            let mut state = pool.state();
+            state.open -= state.idle.len();
+            state.idle.clear();
         }
     }
 }

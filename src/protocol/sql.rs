@@ -33,12 +33,12 @@ pub fn effects(sql: &[u8]) -> Effects {
 fn effects_at(sql: &[u8], depth: usize) -> Effects {
     let mut out = Effects::default();
     let mut words = Words { sql, pos: 0 };
-    let mut statement: Vec<&[u8]> = Vec::with_capacity(4);
+    let mut head = Head::default();
     loop {
         match words.next() {
             Some(Token::Word(w)) => {
                 out.merge(function_effects(w));
-                statement.push(w);
+                head.push(w);
             }
             // A dollar-quoted body is usually code (DO blocks, function bodies).
             Some(Token::Body(body)) if depth < MAX_NESTING => {
@@ -46,8 +46,8 @@ fn effects_at(sql: &[u8], depth: usize) -> Effects {
             }
             Some(Token::Body(_)) => {}
             Some(Token::End) | None => {
-                out.merge(statement_effects(&statement));
-                statement.clear();
+                out.merge(head.effects());
+                head = Head::default();
                 if words.pos >= sql.len() {
                     return out;
                 }
@@ -56,30 +56,51 @@ fn effects_at(sql: &[u8], depth: usize) -> Effects {
     }
 }
 
-fn statement_effects(words: &[&[u8]]) -> Effects {
-    let is = |i: usize, kw: &str| {
-        words
-            .get(i)
-            .is_some_and(|w| w.eq_ignore_ascii_case(kw.as_bytes()))
-    };
-    let has = |kw: &str| words.iter().any(|w| w.eq_ignore_ascii_case(kw.as_bytes()));
-    let mut out = Effects::default();
-    if is(0, "set") {
-        out.settings = !is(1, "local") && !is(1, "transaction") && !is(1, "constraints");
-    } else if is(0, "reset") || is(0, "discard") {
-        out.settings = true;
-    } else if is(0, "listen") {
-        out.pins = Some("LISTEN");
-    } else if is(0, "prepare") && !is(1, "transaction") {
-        out.pins = Some("SQL-level PREPARE");
-    } else if is(0, "declare") && has("hold") {
-        out.pins = Some("WITH HOLD cursor");
-    } else if (is(0, "create") || is(0, "select")) && (has("temp") || has("temporary")) {
-        out.pins = Some("temporary table");
-    } else if is(0, "load") {
-        out.pins = Some("LOAD");
+/// What one statement's classification needs: its first two words, and whether `HOLD` or
+/// `TEMP`/`TEMPORARY` appear anywhere in it. Fixed size, so classifying a Query on the relay
+/// allocates nothing.
+#[derive(Default)]
+struct Head<'a> {
+    first: [&'a [u8]; 2],
+    words: usize,
+    hold: bool,
+    temp: bool,
+}
+
+impl<'a> Head<'a> {
+    fn push(&mut self, word: &'a [u8]) {
+        if let Some(slot) = self.first.get_mut(self.words) {
+            *slot = word;
+        }
+        self.words += 1;
+        self.hold |= word.eq_ignore_ascii_case(b"hold");
+        self.temp |= word.eq_ignore_ascii_case(b"temp") || word.eq_ignore_ascii_case(b"temporary");
     }
-    out
+
+    fn is(&self, i: usize, keyword: &str) -> bool {
+        i < self.words && self.first[i].eq_ignore_ascii_case(keyword.as_bytes())
+    }
+
+    fn effects(&self) -> Effects {
+        let is = |i, kw| self.is(i, kw);
+        let mut out = Effects::default();
+        if is(0, "set") {
+            out.settings = !is(1, "local") && !is(1, "transaction") && !is(1, "constraints");
+        } else if is(0, "reset") || is(0, "discard") {
+            out.settings = true;
+        } else if is(0, "listen") {
+            out.pins = Some("LISTEN");
+        } else if is(0, "prepare") && !is(1, "transaction") {
+            out.pins = Some("SQL-level PREPARE");
+        } else if is(0, "declare") && self.hold {
+            out.pins = Some("WITH HOLD cursor");
+        } else if (is(0, "create") || is(0, "select")) && self.temp {
+            out.pins = Some("temporary table");
+        } else if is(0, "load") {
+            out.pins = Some("LOAD");
+        }
+        out
+    }
 }
 
 /// Functions whose calls change the session wherever they appear in a statement.

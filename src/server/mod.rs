@@ -111,35 +111,13 @@ impl ServerConn {
     }
 
     /// Runs a simple-protocol query whose results pgwarden does not need, up to ReadyForQuery.
-    /// ParameterStatus updates are recorded; an ErrorResponse becomes `ServerError::Query`.
     pub async fn exec(&mut self, sql: &str) -> Result<(), ServerError> {
-        let mut out = BytesMut::new();
-        messages::query(sql, &mut out);
-        self.stream.write_all(&out).await?;
-        let mut failure = None;
-        loop {
-            let msg = read_message(&mut self.stream, &mut self.buf, MAX_SERVER_MESSAGE).await?;
-            match msg.tag {
-                backend::PARAMETER_STATUS => self.params.record_status(&msg.body),
-                backend::ERROR_RESPONSE => {
-                    let (code, message) = parse_error_fields(&msg.body);
-                    failure = Some(ServerError::Query { code, message });
-                }
-                backend::READY_FOR_QUERY => {
-                    if let Some(err) = failure {
-                        return Err(err);
-                    }
-                    return match TransactionStatus::from_body(&msg.body) {
-                        Some(TransactionStatus::Idle) => Ok(()),
-                        _ => Err(ServerError::Unexpected('Z')),
-                    };
-                }
-                _ => {}
-            }
-        }
+        self.query_rows(sql).await.map(drop)
     }
 
-    /// Runs a query and returns its rows as text (NULL as `None`).
+    /// Runs a query and returns its rows as text (NULL as `None`). ParameterStatus updates
+    /// are recorded; an ErrorResponse becomes `ServerError::Query`. pgwarden runs its own
+    /// queries only on idle servers, so anything but an idle ReadyForQuery is unexpected.
     pub async fn query_rows(&mut self, sql: &str) -> Result<Vec<Vec<Option<String>>>, ServerError> {
         let mut out = BytesMut::new();
         messages::query(sql, &mut out);
@@ -156,7 +134,13 @@ impl ServerConn {
                     let (code, message) = parse_error_fields(&msg.body);
                     failure = Some(ServerError::Query { code, message });
                 }
-                backend::READY_FOR_QUERY => return failure.map_or(Ok(rows), Err),
+                backend::READY_FOR_QUERY => {
+                    return match (failure, TransactionStatus::from_body(&msg.body)) {
+                        (Some(err), _) => Err(err),
+                        (None, Some(TransactionStatus::Idle)) => Ok(rows),
+                        (None, _) => Err(ServerError::Unexpected('Z')),
+                    };
+                }
                 _ => {}
             }
         }
