@@ -70,6 +70,12 @@ pub struct Cli {
     #[arg(help_heading = CLIENTS)]
     pub max_packet_size: Option<u32>,
 
+    /// Prepared statements kept per server in transaction pooling, least recently used
+    /// closed first (0: named statements pin their client to its server). Default: 200.
+    #[arg(long, env = "PGWARDEN_MAX_PREPARED_STATEMENTS", value_name = "N")]
+    #[arg(help_heading = POOLING)]
+    pub max_prepared_statements: Option<usize>,
+
     /// How clients prove who they are. Default: scram-sha-256.
     #[arg(long, env = "PGWARDEN_AUTH_TYPE", value_name = "TYPE")]
     #[arg(help_heading = AUTHENTICATION)]
@@ -195,6 +201,10 @@ mod tests {
             ("client_login_timeout", secs(defaults::CLIENT_LOGIN_TIMEOUT)),
             ("shutdown_timeout", secs(defaults::SHUTDOWN_TIMEOUT)),
             ("max_packet_size", defaults::MAX_PACKET_SIZE.to_string()),
+            (
+                "max_prepared_statements",
+                defaults::MAX_PREPARED_STATEMENTS.to_string(),
+            ),
             ("workers", defaults::WORKERS.to_string()),
             ("log_level", defaults::LOG_LEVEL.to_owned()),
         ];

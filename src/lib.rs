@@ -11,6 +11,7 @@
 //! - [`client`]: one client session: handshake, login, the relay loop.
 //! - [`server`]: one backend connection: connect, log in, parameters, reset.
 //! - [`pool`]: a pool per (database, user) with a checkout guard; the wait queue.
+//! - [`prepared`]: named prepared statements that follow a client from server to server.
 //! - [`cancel`]: proxy-issued cancel keys mapped to the server a client uses now.
 //! - [`shutdown`]: signals and draining.
 //! - [`stream`]: TCP and Unix sockets behind one type.
@@ -24,6 +25,7 @@ pub mod config;
 pub mod context;
 pub mod listener;
 pub mod pool;
+pub mod prepared;
 pub mod protocol;
 pub mod server;
 pub mod shutdown;

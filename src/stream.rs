@@ -59,6 +59,13 @@ impl Stream {
         }
     }
 
+    pub fn try_write_vectored(&self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.try_write_vectored(bufs),
+            Stream::Unix(s) => s.try_write_vectored(bufs),
+        }
+    }
+
     /// Writes all of `buf`, through `&self` (the relay holds only shared references).
     pub async fn write_all_ready(&self, mut buf: &[u8]) -> io::Result<()> {
         while !buf.is_empty() {

@@ -522,9 +522,11 @@ const UNMOVABLE: [Unmovable; 4] = [
         uses: ("FETCH NEXT FROM c", ["1", "2"]),
         gone: "SELECT count(*) = 0 FROM pg_cursors",
     },
+    // A PREPARE alone follows its client (tests/prepared_sql.rs); among other statements
+    // in one Query it is left to the server and pins.
     Unmovable {
-        what: "SQL PREPARE",
-        create: "PREPARE p(int) AS SELECT $1 + 1",
+        what: "SQL PREPARE among other statements",
+        create: "PREPARE p(int) AS SELECT $1 + 1; SELECT 1",
         uses: ("EXECUTE p(41)", ["42", "42"]),
         gone: "SELECT count(*) = 0 FROM pg_prepared_statements",
     },
@@ -561,10 +563,32 @@ async fn unmovable_state_pins_its_client_until_it_leaves() {
     }
 }
 
+/// Named statements follow their client from server to server (tests/prepared.rs), so they
+/// pin nobody; with `max_prepared_statements = 0` they pin their client instead.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn named_prepared_statements_pin_and_unnamed_ones_do_not() {
+async fn named_prepared_statements_follow_their_client_or_pin_when_disabled() {
     let pg = PgServer::start();
     let settings = [("pool_size", "1"), ("query_wait_timeout", "\"1s\"")];
+    let proxy = start_proxy(&config(&pg, &settings)).await;
+    let a = open(&proxy).await;
+    let b = open(&proxy).await;
+    let statement = a.client.prepare("SELECT $1::int + 1").await.unwrap();
+    assert_eq!(
+        value(&b.client, "SELECT 'b'").await,
+        "b",
+        "B blocked by A's prepare()"
+    );
+    let row = a.client.query_one(&statement, &[&41i32]).await.unwrap();
+    assert_eq!(row.get::<_, i32>(0), 42);
+    a.close().await;
+    b.close().await;
+    proxy.stop().await;
+
+    let settings = [
+        ("pool_size", "1"),
+        ("query_wait_timeout", "\"1s\""),
+        ("max_prepared_statements", "0"),
+    ];
     let proxy = start_proxy(&config(&pg, &settings)).await;
     let a = open(&proxy).await;
     let b = open(&proxy).await;

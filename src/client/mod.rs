@@ -4,7 +4,7 @@
 
 mod handshake;
 mod login;
-mod pump;
+pub(crate) mod pump;
 mod relay;
 mod session;
 

@@ -25,11 +25,27 @@ pub enum Flow {
 }
 
 /// One direction of the relay: bytes read, scanned, and forwarded untouched.
+///
+/// Transaction pooling sometimes changes the stream (statement names rewritten, answers to
+/// pgwarden's own messages dropped, answers it writes itself added). Those edits go to
+/// `out`, which always holds bytes that come before `buf[..ready]`: so an edit moves the
+/// ready bytes in front of it into `out` first, and unedited traffic is never copied.
 pub struct Pump {
     pub buf: BytesMut,
     pub framer: Framer,
     /// Bytes at the front of `buf` that are scanned and ready to forward.
     pub ready: usize,
+    /// Edited bytes to forward before `buf[..ready]`.
+    pub out: BytesMut,
+}
+
+/// The start of a message found by [`Pump::next`], not yet forwarded.
+#[derive(Debug, Clone, Copy)]
+pub struct Found {
+    pub tag: u8,
+    /// Bytes of the message in the buffer now (all of it when `whole`).
+    pub taken: usize,
+    pub whole: bool,
 }
 
 impl Pump {
@@ -38,6 +54,7 @@ impl Pump {
             buf,
             framer: Framer::new(max_len),
             ready: 0,
+            out: BytesMut::new(),
         }
     }
 
@@ -66,31 +83,90 @@ impl Pump {
         inspect: impl Fn(u8) -> bool,
         mut watch: impl FnMut(u8, Option<&[u8]>) -> Flow,
     ) -> Result<Flow, FramingError> {
+        while let Some(found) = self.next(&inspect)? {
+            let msg = &self.buf[self.ready..self.ready + found.taken];
+            if watch(found.tag, found.whole.then_some(msg)) == Flow::Stop {
+                return Ok(Flow::Stop);
+            }
+            self.ready += found.taken;
+        }
+        Ok(Flow::Forward)
+    }
+
+    /// The next message start after `ready`, left in place for the caller to
+    /// [`forward`](Pump::forward), [`drop_message`](Pump::drop_message) or rewrite. The rest of
+    /// a streamed message is forwarded on the way. `None` when more bytes are needed.
+    pub fn next(&mut self, inspect: impl Fn(u8) -> bool) -> Result<Option<Found>, FramingError> {
         loop {
             match self.framer.next(&self.buf[self.ready..], &inspect)? {
-                Chunk::Start { tag, taken, whole } => {
-                    let msg = &self.buf[self.ready..self.ready + taken];
-                    if watch(tag, whole.then_some(msg)) == Flow::Stop {
-                        return Ok(Flow::Stop);
-                    }
-                    self.ready += taken;
-                }
+                Chunk::Start { tag, taken, whole } => return Ok(Some(Found { tag, taken, whole })),
                 Chunk::Rest { taken } => self.ready += taken,
                 Chunk::NeedMore { need } => {
                     self.buf
                         .reserve(need.saturating_sub(self.buf.len() - self.ready));
-                    return Ok(Flow::Forward);
+                    return Ok(None);
                 }
             }
         }
     }
 
+    /// The bytes of a message [`next`](Pump::next) found.
+    pub fn message(&self, found: Found) -> &[u8] {
+        &self.buf[self.ready..self.ready + found.taken]
+    }
+
+    /// Forwards `len` bytes at `ready` unchanged.
+    pub fn forward(&mut self, len: usize) {
+        self.ready += len;
+    }
+
+    /// Moves the ready bytes into `out`, so something can be added after them.
+    fn settle(&mut self) -> &mut BytesMut {
+        if self.ready > 0 {
+            let ready = self.buf.split_to(self.ready);
+            self.out.extend_from_slice(&ready);
+            self.ready = 0;
+        }
+        &mut self.out
+    }
+
+    /// Where to append bytes that go out at this point of the stream.
+    pub fn inject(&mut self) -> &mut BytesMut {
+        self.settle()
+    }
+
+    /// Drops `len` bytes at `ready` (a message, or the front of one) instead of forwarding.
+    pub fn drop_message(&mut self, len: usize) {
+        self.settle();
+        self.buf.advance(len);
+    }
+
+    /// True when there is something to write.
+    pub fn has_output(&self) -> bool {
+        self.ready > 0 || !self.out.is_empty()
+    }
+
     /// Writes as much of the ready bytes as the socket takes now.
     pub fn write_to(&mut self, stream: &Stream) -> io::Result<()> {
-        match stream.try_write(&self.buf[..self.ready]) {
-            Ok(n) => {
+        let result = if self.out.is_empty() {
+            stream.try_write(&self.buf[..self.ready])
+        } else {
+            let bufs = [
+                io::IoSlice::new(&self.out),
+                io::IoSlice::new(&self.buf[..self.ready]),
+            ];
+            stream.try_write_vectored(&bufs)
+        };
+        match result {
+            Ok(mut n) => {
+                let from_out = n.min(self.out.len());
+                self.out.advance(from_out);
+                n -= from_out;
                 self.buf.advance(n);
                 self.ready -= n;
+                if self.out.is_empty() && self.out.capacity() > KEEP_CAPACITY {
+                    self.out = BytesMut::new();
+                }
                 if self.buf.is_empty() && self.buf.capacity() > KEEP_CAPACITY {
                     self.buf = BytesMut::new();
                 }
@@ -103,7 +179,7 @@ impl Pump {
 
     /// Writes all ready bytes, waiting for the socket as needed.
     pub async fn flush_to(&mut self, stream: &Stream) -> io::Result<()> {
-        while self.ready > 0 {
+        while self.has_output() {
             stream.writable().await?;
             self.write_to(stream)?;
         }
@@ -112,13 +188,16 @@ impl Pump {
 
     /// Nothing scanned waits to be forwarded and no message is half through.
     pub fn quiet(&self) -> bool {
-        self.ready == 0 && self.framer.at_boundary()
+        !self.has_output() && self.framer.at_boundary()
     }
 
     /// Gives the buffer's memory back while the client is idle.
     pub fn release_memory(&mut self) {
         if self.buf.is_empty() {
             self.buf = BytesMut::new();
+        }
+        if self.out.is_empty() {
+            self.out = BytesMut::new();
         }
     }
 }
@@ -142,7 +221,10 @@ pub struct Tracker {
     /// STDIN, the server ignores them (as it ignores every Sync until CopyDone/CopyFail).
     syncs_since_request: usize,
     /// The server is in COPY-IN mode and the client has not ended it yet.
-    copy_in: bool,
+    pub copy_in: bool,
+    /// Prepared statements follow the client (see [`crate::prepared`]): statement names
+    /// and SQL-level PREPARE no longer pin it.
+    pub statements_follow: bool,
 }
 
 impl Tracker {
@@ -157,6 +239,7 @@ impl Tracker {
             reported: Vec::new(),
             syncs_since_request: 0,
             copy_in: false,
+            statements_follow: false,
         }
     }
 
@@ -183,7 +266,14 @@ impl Tracker {
                 self.pending += 1;
                 self.syncs_since_request = 0;
                 if let Some(msg) = msg.filter(|_| self.watch_state) {
-                    self.effects.merge(sql::effects(&msg[5..]));
+                    let mut effects = sql::effects(&msg[5..]);
+                    if self.statements_follow
+                        && effects.pins == Some(sql::SQL_PREPARE)
+                        && crate::prepared::handles_query(&msg[5..])
+                    {
+                        effects.pins = None;
+                    }
+                    self.effects.merge(effects);
                 }
             }
             frontend::FUNCTION_CALL => self.pending += 1,
@@ -217,7 +307,7 @@ impl Tracker {
     fn parse_message(&mut self, body: &[u8]) {
         let mut parts = body.splitn(3, |b| *b == 0);
         let name = parts.next().unwrap_or_default();
-        if !name.is_empty() {
+        if !name.is_empty() && !self.statements_follow {
             self.effects.pins = self.effects.pins.or(Some("named prepared statement"));
         }
         self.effects

@@ -14,8 +14,11 @@ use tokio::io::AsyncWriteExt;
 use super::login::Session;
 use super::pump::{Flow, Pump, Tracker};
 use crate::context::Context;
+use crate::prepared::{Prepared, ServerStatements};
 use crate::protocol::framing::FramingError;
+use crate::protocol::tags::frontend;
 use crate::protocol::{sqlstate, PgError};
+use crate::server::ServerConn;
 use crate::stream::Stream;
 
 /// How a session ended.
@@ -63,23 +66,48 @@ pub struct Link {
     pub terminating: bool,
     /// Shutdown has begun: end the session at its next idle point.
     pub draining: bool,
+    /// Transaction pooling with named statements following the client; client messages
+    /// are then scanned only while a server is attached (rewriting needs to know it).
+    pub prepared: Option<Box<Prepared>>,
 }
 
 impl Link {
-    pub fn new(client_buf: BytesMut, max_len: u32, watch_state: bool, refuse_blocks: bool) -> Self {
+    /// `max_prepared`: statements per server when they follow the client (`None`: they
+    /// pin it, as in session pooling).
+    pub fn new(
+        client_buf: BytesMut,
+        max_len: u32,
+        watch_state: bool,
+        refuse_blocks: bool,
+        max_prepared: Option<usize>,
+    ) -> Self {
+        let mut track = Tracker::new(watch_state, refuse_blocks);
+        track.statements_follow = max_prepared.is_some();
         Link {
             c2s: Pump::new(client_buf, max_len),
             s2c: Pump::new(BytesMut::new(), max_len),
-            track: Tracker::new(watch_state, refuse_blocks),
+            track,
             terminating: false,
             draining: false,
+            prepared: max_prepared.map(|max| Box::new(Prepared::new(max))),
         }
     }
 
     /// The server has answered everything, is outside a transaction, and all its output
     /// has reached the client: it may serve someone else.
     pub fn at_boundary(&self) -> bool {
-        self.track.idle() && self.c2s.quiet() && self.s2c.quiet()
+        self.track.idle()
+            && self.c2s.quiet()
+            && self.s2c.quiet()
+            && self.prepared.as_ref().is_none_or(|p| p.quiet())
+    }
+
+    /// The client has sent something a server must handle.
+    pub fn has_request(&self) -> bool {
+        match self.prepared {
+            Some(_) => !self.c2s.buf.is_empty(),
+            None => self.c2s.has_output(),
+        }
     }
 
     /// Whether the session should end now that it is at a boundary.
@@ -94,11 +122,23 @@ impl Link {
     }
 
     /// Reads from the client and scans what arrived; `Some` when the session must end.
-    pub fn on_client_readable(&mut self, client: &Stream) -> Option<End> {
+    /// Without a `server`, statements cannot be rewritten yet: bytes wait unscanned.
+    pub fn on_client_readable(
+        &mut self,
+        client: &Stream,
+        server: Option<&mut ServerStatements>,
+    ) -> Option<End> {
         match self.c2s.read_from(client) {
             Ok(true) => {}
             Ok(false) => return Some(End::ClientLeft),
             Err(e) => return Some(End::ClientIo(e)),
+        }
+        if self.prepared.is_some() {
+            return match server {
+                Some(server) => self.scan_client(server),
+                None if self.c2s.buf.first() == Some(&frontend::TERMINATE) => Some(End::ClientLeft),
+                None => None,
+            };
         }
         let inspect = self.track.client_inspects();
         match self
@@ -106,7 +146,7 @@ impl Link {
             .scan(inspect, |tag, msg| self.track.client_message(tag, msg))
         {
             Ok(Flow::Forward) => None,
-            Ok(Flow::Stop) if self.c2s.ready == 0 => Some(End::ClientLeft),
+            Ok(Flow::Stop) if !self.c2s.has_output() => Some(End::ClientLeft),
             Ok(Flow::Stop) => {
                 self.terminating = true;
                 None
@@ -115,12 +155,72 @@ impl Link {
         }
     }
 
-    fn on_server_readable(&mut self, server: &Stream) -> Option<Step> {
+    /// Scans client messages with statement names rewritten for `server`.
+    fn scan_client(&mut self, server: &mut ServerStatements) -> Option<End> {
+        let prepared = self.prepared.as_deref_mut()?;
+        let track_inspects = self.track.client_inspects();
+        let inspect = |tag| Prepared::client_inspects(tag) || track_inspects(tag);
+        loop {
+            let found = match self.c2s.next(inspect) {
+                Ok(Some(found)) => found,
+                Ok(None) => break,
+                Err(e) => return Some(End::ClientViolation(e)),
+            };
+            let fresh = self.track.idle();
+            let msg = found.whole.then(|| self.c2s.message(found));
+            if self.track.client_message(found.tag, msg) == Flow::Stop {
+                if !self.c2s.has_output() {
+                    return Some(End::ClientLeft);
+                }
+                self.terminating = true;
+                break;
+            }
+            let copy_in = self.track.copy_in;
+            prepared.client_message(found, &mut self.c2s, server, copy_in, fresh);
+        }
+        prepared.write_due(&mut self.s2c);
+        None
+    }
+
+    /// Scans server messages, passing, swallowing or replacing answers as the client's
+    /// prepared statements require.
+    fn scan_server(&mut self, server: &mut ServerStatements) -> Result<Flow, FramingError> {
+        let Some(prepared) = self.prepared.as_deref_mut() else {
+            return Ok(Flow::Forward);
+        };
+        let track_inspects = self.track.server_inspects();
+        let inspect = |tag| Prepared::server_inspects(tag) || track_inspects(tag);
+        let track = &mut self.track;
+        while let Some(found) = self.s2c.next(inspect)? {
+            let flow =
+                prepared.server_message(found, &mut self.s2c, &mut self.c2s, server, |tag, msg| {
+                    track.server_message(tag, msg)
+                });
+            if flow == Flow::Stop {
+                return Ok(Flow::Stop);
+            }
+        }
+        prepared.write_due(&mut self.s2c);
+        Ok(Flow::Forward)
+    }
+
+    fn on_server_readable(
+        &mut self,
+        server: &Stream,
+        statements: &mut ServerStatements,
+    ) -> Option<Step> {
         let lost = |e: String| Some(Step::End(End::ServerLost(e)));
         match self.s2c.read_from(server) {
             Ok(true) => {}
             Ok(false) => return lost("server closed the connection".into()),
             Err(e) => return lost(e.to_string()),
+        }
+        if self.prepared.is_some() {
+            return match self.scan_server(statements) {
+                Ok(Flow::Forward) => None,
+                Ok(Flow::Stop) => Some(Step::TransactionBlock),
+                Err(e) => lost(e.to_string()),
+            };
         }
         let inspect = self.track.server_inspects();
         match self
@@ -139,10 +239,18 @@ impl Link {
     pub async fn relay(
         &mut self,
         client: &Stream,
-        server: &Stream,
+        server: &mut ServerConn,
         stop_at_boundary: bool,
         ctx: &Context,
     ) -> Step {
+        let ServerConn {
+            stream: server,
+            statements,
+            ..
+        } = server;
+        if let Some(end) = self.scan_client(statements) {
+            return Step::End(end);
+        }
         loop {
             if self.at_boundary() {
                 if let Some(end) = self.should_end_at_boundary() {
@@ -153,20 +261,20 @@ impl Link {
                 }
             }
             tokio::select! {
-                r = client.readable(), if self.c2s.ready == 0 && !self.terminating => {
+                r = client.readable(), if !self.c2s.has_output() && !self.terminating => {
                     if let Err(e) = r { return Step::End(End::ClientIo(e)) }
-                    if let Some(end) = self.on_client_readable(client) { return Step::End(end) }
+                    if let Some(end) = self.on_client_readable(client, Some(statements)) { return Step::End(end) }
                 }
-                r = server.writable(), if self.c2s.ready > 0 => {
+                r = server.writable(), if self.c2s.has_output() => {
                     if let Err(e) = r.and_then(|_| self.c2s.write_to(server)) {
                         return Step::End(End::ServerLost(e.to_string()));
                     }
                 }
-                r = server.readable(), if self.s2c.ready == 0 => {
+                r = server.readable(), if !self.s2c.has_output() => {
                     if let Err(e) = r { return Step::End(End::ServerLost(e.to_string())) }
-                    if let Some(step) = self.on_server_readable(server) { return step }
+                    if let Some(step) = self.on_server_readable(server, statements) { return step }
                 }
-                r = client.writable(), if self.s2c.ready > 0 => {
+                r = client.writable(), if self.s2c.has_output() => {
                     if let Err(e) = r.and_then(|_| self.s2c.write_to(client)) { return Step::End(End::ClientIo(e)) }
                 }
                 _ = ctx.shutdown.cancelled(), if !self.draining => self.draining = true,
@@ -178,8 +286,9 @@ impl Link {
     pub fn server_clean(&self) -> bool {
         self.track.idle()
             && self.c2s.framer.at_boundary()
-            && self.c2s.ready == 0
+            && !self.c2s.has_output()
             && self.s2c.framer.at_boundary()
+            && self.prepared.as_ref().is_none_or(|p| p.quiet())
     }
 }
 

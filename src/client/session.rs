@@ -42,6 +42,8 @@ pub async fn run(client: &Stream, client_buf: BytesMut, session: Session, ctx: &
         ctx.config.max_packet_size,
         mode != PoolMode::Session,
         mode == PoolMode::Statement,
+        Some(ctx.config.max_prepared_statements)
+            .filter(|max| mode != PoolMode::Session && *max > 0),
     );
     loop {
         if let Some(end) = wait_for_client(client, &mut link, ctx).await {
@@ -89,7 +91,7 @@ impl Attached<'_> {
             let stop_at_boundary = pin.is_none() && self.pool.settings().mode != PoolMode::Session;
             let step = match self
                 .link
-                .relay(self.client, &server.stream, stop_at_boundary, self.ctx)
+                .relay(self.client, &mut server, stop_at_boundary, self.ctx)
                 .await
             {
                 Step::TransactionBlock => {
@@ -123,6 +125,9 @@ impl Attached<'_> {
             }
             if let Some(feature) = effects.pins.filter(|_| pin.is_none()) {
                 pin = Some(self.pool.pin());
+                if let Some(prepared) = self.link.prepared.as_deref_mut() {
+                    prepared.pinned = true;
+                }
                 info!(
                     feature,
                     pool = %self.pool.name(),
@@ -162,7 +167,7 @@ fn over_startup(
 /// session ends first (the client left, or shutdown found it idle).
 async fn wait_for_client(client: &Stream, link: &mut Link, ctx: &Context) -> Option<End> {
     loop {
-        if link.c2s.ready > 0 {
+        if link.has_request() {
             return None;
         }
         if link.draining {
@@ -171,7 +176,7 @@ async fn wait_for_client(client: &Stream, link: &mut Link, ctx: &Context) -> Opt
         tokio::select! {
             r = client.readable() => {
                 if let Err(e) = r { return Some(End::ClientIo(e)) }
-                if let Some(end) = link.on_client_readable(client) { return Some(end) }
+                if let Some(end) = link.on_client_readable(client, None) { return Some(end) }
             }
             _ = ctx.shutdown.cancelled(), if !link.draining => link.draining = true,
         }
@@ -237,6 +242,9 @@ async fn attach(
         key: server.key,
     });
     link.s2c.buf = mem::take(&mut server.buf);
+    if let Some(prepared) = link.prepared.as_deref_mut() {
+        prepared.attach(&mut server.statements);
+    }
     Ok(server)
 }
 

@@ -35,6 +35,7 @@ pub mod defaults {
     pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
     /// 1 GiB, Postgres' own limit for one message.
     pub const MAX_PACKET_SIZE: u32 = 1 << 30;
+    pub const MAX_PREPARED_STATEMENTS: usize = 200;
     pub const LOG_LEVEL: &str = "info";
     pub const WORKERS: usize = 1;
     /// Where a `[databases.NAME]` entry leads when it names no host or port.
@@ -72,6 +73,7 @@ pub struct FileConfig {
     #[serde(default, deserialize_with = "duration_text")]
     pub shutdown_timeout: Option<String>,
     pub max_packet_size: Option<u32>,
+    pub max_prepared_statements: Option<usize>,
     pub workers: Option<usize>,
     pub log_level: Option<String>,
     #[serde(default)]
@@ -138,6 +140,10 @@ impl FileConfig {
             client_login_timeout: over(&cli.client_login_timeout, self.client_login_timeout),
             shutdown_timeout: over(&cli.shutdown_timeout, self.shutdown_timeout),
             max_packet_size: over(&cli.max_packet_size, self.max_packet_size),
+            max_prepared_statements: over(
+                &cli.max_prepared_statements,
+                self.max_prepared_statements,
+            ),
             workers: over(&cli.workers, self.workers),
             log_level: over(&cli.log_level, self.log_level),
             databases: self.databases,

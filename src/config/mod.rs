@@ -102,6 +102,9 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// Largest protocol message accepted whole (startup, auth and inspected messages).
     pub max_packet_size: u32,
+    /// Prepared statements pgwarden keeps per server for transaction pooling, least
+    /// recently used closed first (0: named statements pin their client instead).
+    pub max_prepared_statements: usize,
     /// Runtime threads serving clients (1: a single-threaded runtime).
     pub workers: usize,
     pub log_level: String,

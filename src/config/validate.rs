@@ -178,6 +178,8 @@ fn top_level(check: &mut Checker, merged: &FileConfig) -> Config {
         client_login_timeout: duration!(client_login_timeout, CLIENT_LOGIN_TIMEOUT),
         shutdown_timeout: duration!(shutdown_timeout, SHUTDOWN_TIMEOUT),
         max_packet_size: merged.max_packet_size.unwrap_or(defaults::MAX_PACKET_SIZE),
+        max_prepared_statements: (merged.max_prepared_statements)
+            .unwrap_or(defaults::MAX_PREPARED_STATEMENTS),
         workers: merged.workers.unwrap_or(defaults::WORKERS),
         log_level: check.log_level(merged.log_level.as_deref().unwrap_or(defaults::LOG_LEVEL)),
     };

@@ -3,6 +3,7 @@
 //! pgwarden writes itself.
 
 pub mod errors;
+pub mod extended;
 pub mod framing;
 pub mod io;
 pub mod messages;

@@ -22,6 +22,35 @@ impl Effects {
     }
 }
 
+/// The text of `sql` when it holds exactly one statement (without its closing `;`).
+pub fn single_statement(sql: &[u8]) -> Option<&[u8]> {
+    let mut words = Words { sql, pos: 0 };
+    loop {
+        match words.next() {
+            None => return Some(sql),
+            Some(Token::End) => break,
+            Some(_) => {}
+        }
+    }
+    let end = words.pos - 1;
+    let mut rest = Words {
+        sql,
+        pos: words.pos,
+    };
+    while rest.pos < sql.len() {
+        match &sql[rest.pos..] {
+            [b'-', b'-', ..] => rest.skip_until(b"\n"),
+            [b'/', b'*', ..] => rest.skip_block_comment(),
+            [c, ..] if c.is_ascii_whitespace() || *c == b';' => rest.pos += 1,
+            _ => return None,
+        }
+    }
+    Some(&sql[..end])
+}
+
+/// The pin reason for SQL-level PREPARE.
+pub const SQL_PREPARE: &str = "SQL-level PREPARE";
+
 /// How deep dollar-quoted bodies are read as code; hostile nesting cannot recurse further.
 const MAX_NESTING: usize = 4;
 
@@ -91,7 +120,7 @@ impl<'a> Head<'a> {
         } else if is(0, "listen") {
             out.pins = Some("LISTEN");
         } else if is(0, "prepare") && !is(1, "transaction") {
-            out.pins = Some("SQL-level PREPARE");
+            out.pins = Some(SQL_PREPARE);
         } else if is(0, "declare") && self.hold {
             out.pins = Some("WITH HOLD cursor");
         } else if (is(0, "create") || is(0, "select")) && self.temp {
@@ -288,6 +317,13 @@ mod tests {
     fn unmovable_state_pins() {
         assert_eq!(fx("LISTEN chan").pins, Some("LISTEN"));
         assert_eq!(fx("prepare p as select 1").pins, Some("SQL-level PREPARE"));
+        assert_eq!(single_statement(b"select 1"), Some(&b"select 1"[..]));
+        assert_eq!(
+            single_statement(b"select ';'; -- done\n ;"),
+            Some(&b"select ';'"[..])
+        );
+        assert_eq!(single_statement(b"select 1; select 2"), None);
+        assert_eq!(single_statement(b"select 1; 'x'"), None);
         assert_eq!(
             fx("declare c cursor with hold for select 1").pins,
             Some("WITH HOLD cursor")

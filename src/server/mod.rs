@@ -91,6 +91,8 @@ pub struct ServerConn {
     /// Where cancel requests for this backend go (`host:port` or a socket path).
     pub target: std::sync::Arc<ServerTarget>,
     pub params: params::ServerParams,
+    /// Prepared statements pgwarden made here for clients (transaction pooling).
+    pub statements: crate::prepared::ServerStatements,
     pub created: Instant,
     pub last_used: Instant,
 }
@@ -105,6 +107,7 @@ impl ServerConn {
             key: BackendKey { pid: 0, secret: 0 },
             target,
             params: params::ServerParams::default(),
+            statements: Default::default(),
             created: now,
             last_used: now,
         }
@@ -166,6 +169,14 @@ impl ServerConn {
             self.exec(reset_query).await?;
         }
         self.params.after_reset();
+        // DISCARD ALL or DEALLOCATE ALL would have dropped them; any other reset query
+        // leaves statements pgwarden no longer knows about, so they are dropped here too.
+        if !self.statements.is_empty() {
+            if !reset_query.eq_ignore_ascii_case("discard all") {
+                self.exec("DEALLOCATE ALL").await?;
+            }
+            self.statements.take_all();
+        }
         Ok(())
     }
 

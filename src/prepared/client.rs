@@ -1,0 +1,207 @@
+//! Client messages of the extended protocol on their way to the server: statement names
+//! are rewritten to server-side ones, and statements the server lacks are prepared first.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::expect::{Answer, Entry, Fate, Kind, Undo};
+use super::statements::{Definition, Lookup, ServerStatements, Statement};
+use super::Prepared;
+use crate::client::pump::{Found, Pump};
+use crate::protocol::extended::{self, Bind, Parse, Target};
+use crate::protocol::tags::frontend;
+use crate::protocol::PgError;
+
+impl Prepared {
+    /// Handles one client message found by `c2s.next`: forwards, rewrites or answers it.
+    /// `copy_in`: the server is in COPY FROM STDIN, where it ignores Sync. `fresh`: the
+    /// message starts a pipeline outside any transaction, with nothing owed.
+    pub fn client_message(
+        &mut self,
+        found: Found,
+        c2s: &mut Pump,
+        server: &mut ServerStatements,
+        copy_in: bool,
+        fresh: bool,
+    ) {
+        self.retry.keep(found, c2s, fresh && self.expect.is_empty());
+        match found.tag {
+            frontend::PARSE if found.whole => self.parse(found, c2s, server),
+            frontend::BIND if found.whole => self.bind(found, c2s, server),
+            frontend::DESCRIBE if found.whole => self.describe(found, c2s, server),
+            frontend::CLOSE if found.whole => self.close(found, c2s),
+            frontend::QUERY if found.whole => self.query(found, c2s, server),
+            tag => {
+                let answer = match tag {
+                    frontend::PARSE => Some(Answer::Parse),
+                    frontend::BIND => Some(Answer::Bind),
+                    frontend::DESCRIBE => Some(Answer::Describe),
+                    frontend::CLOSE => Some(Answer::Close),
+                    frontend::EXECUTE => Some(Answer::Execute),
+                    frontend::SYNC if !copy_in => Some(Answer::Sync),
+                    frontend::QUERY | frontend::FUNCTION_CALL => Some(Answer::Query),
+                    _ => None,
+                };
+                if let Some(answer) = answer {
+                    self.expect.push(Entry::pass(answer));
+                }
+                c2s.forward(found.taken);
+            }
+        }
+    }
+
+    pub(super) fn pass(&mut self, answer: Answer, found: Found, c2s: &mut Pump) {
+        self.expect.push(Entry::pass(answer));
+        c2s.forward(found.taken);
+    }
+
+    fn parse(&mut self, found: Found, c2s: &mut Pump, server: &mut ServerStatements) {
+        let Some(parse) = Parse::read(c2s.message(found)).filter(|p| !p.name.is_empty()) else {
+            return self.pass(Answer::Parse, found, c2s);
+        };
+        let name: Box<[u8]> = parse.name.into();
+        if self.client.get(&name).is_some() {
+            c2s.drop_message(found.taken);
+            return self.fail(c2s, PgError::duplicate_statement(&name));
+        }
+        let statement = Statement::new(Definition::Protocol(Bytes::copy_from_slice(
+            parse.definition,
+        )));
+        c2s.drop_message(found.taken);
+        self.client.insert(&name, statement.clone());
+        let undo = Undo::ClientRemove(name);
+        match server.lookup(&statement) {
+            Lookup::Present => {
+                server.touch(&statement);
+                self.expect.push(Entry::new(Kind::Write(b'1')).undo(undo));
+            }
+            lookup => {
+                self.make_room(lookup, c2s, server);
+                let Definition::Protocol(definition) = &statement.definition else {
+                    unreachable!("built as a protocol statement above")
+                };
+                extended::parse(statement.server_name(), definition, c2s.inject());
+                let hash = statement.hash;
+                server.insert(statement);
+                self.expect.push(
+                    Entry::pass(Answer::Parse)
+                        .undo(undo)
+                        .undo(Undo::ServerRemove(hash)),
+                );
+            }
+        }
+    }
+
+    fn bind(&mut self, found: Found, c2s: &mut Pump, server: &mut ServerStatements) {
+        let Some(bind) = Bind::read(c2s.message(found)).filter(|b| !b.statement.is_empty()) else {
+            return self.pass(Answer::Bind, found, c2s);
+        };
+        let Some(statement) = self.client.get(bind.statement).cloned() else {
+            if self.pinned {
+                return self.pass(Answer::Bind, found, c2s);
+            }
+            let error = PgError::unknown_statement(bind.statement);
+            c2s.drop_message(found.taken);
+            return self.fail(c2s, error);
+        };
+        let portal = bind.portal.to_vec();
+        let prefix_len = bind.prefix_len;
+        c2s.drop_message(prefix_len);
+        self.ensure(&statement, c2s, server);
+        let rest = found.taken - prefix_len;
+        extended::bind_prefix(&portal, statement.server_name(), rest, c2s.inject());
+        c2s.forward(rest);
+        let mut entry = Entry::pass(Answer::Bind);
+        entry.statement = Some(statement);
+        entry.origin = self.retry.origin(found);
+        self.expect.push(entry);
+    }
+
+    fn describe(&mut self, found: Found, c2s: &mut Pump, server: &mut ServerStatements) {
+        let target = Target::read(c2s.message(found));
+        let Some(target) = target.filter(|t| t.is_statement() && !t.name.is_empty()) else {
+            return self.pass(Answer::Describe, found, c2s);
+        };
+        let Some(statement) = self.client.get(target.name).cloned() else {
+            if self.pinned {
+                return self.pass(Answer::Describe, found, c2s);
+            }
+            let error = PgError::unknown_statement(target.name);
+            c2s.drop_message(found.taken);
+            return self.fail(c2s, error);
+        };
+        c2s.drop_message(found.taken);
+        self.ensure(&statement, c2s, server);
+        let out = c2s.inject();
+        extended::statement_target(frontend::DESCRIBE, statement.server_name(), out);
+        self.expect.push(Entry::pass(Answer::Describe));
+    }
+
+    /// Closing a statement forgets the client's name; the server keeps the statement for
+    /// whoever else uses it, and pgwarden answers CloseComplete itself.
+    fn close(&mut self, found: Found, c2s: &mut Pump) {
+        let target = Target::read(c2s.message(found));
+        let Some(target) = target.filter(|t| t.is_statement() && !t.name.is_empty()) else {
+            return self.pass(Answer::Close, found, c2s);
+        };
+        let name: Box<[u8]> = target.name.into();
+        if self.pinned && self.client.get(&name).is_none() {
+            return self.pass(Answer::Close, found, c2s);
+        }
+        c2s.drop_message(found.taken);
+        let mut entry = Entry::new(Kind::Write(b'3'));
+        if let Some(statement) = self.client.remove(&name) {
+            entry = entry.undo(Undo::ClientRestore(name, statement));
+        }
+        self.expect.push(entry);
+    }
+
+    /// Makes sure the server holds `statement`, preparing it first if not. The answers to
+    /// what is added here are swallowed; an error is the client's (its statement no longer
+    /// prepares, e.g. a table is gone) and reaches it in place of its own message's answer.
+    pub(super) fn ensure(
+        &mut self,
+        statement: &Arc<Statement>,
+        c2s: &mut Pump,
+        server: &mut ServerStatements,
+    ) {
+        let lookup = server.lookup(statement);
+        if let Lookup::Present = lookup {
+            return server.touch(statement);
+        }
+        self.make_room(lookup, c2s, server);
+        let undo = Undo::ServerRemove(statement.hash);
+        let swallow = |answer| Entry::new(Kind::Await(answer, Fate::Swallow));
+        match &statement.definition {
+            Definition::Protocol(definition) => {
+                extended::parse(statement.server_name(), definition, c2s.inject());
+                self.expect.push(swallow(Answer::Parse).undo(undo));
+            }
+            // An SQL-level statement used from the protocol: run its PREPARE through the
+            // unnamed statement.
+            Definition::Sql(_) => {
+                let mut text = super::query::prepare_text(statement);
+                text.extend_from_slice(&[0, 0, 0]);
+                let out = c2s.inject();
+                extended::parse(b"", &text, out);
+                extended::bind_unnamed(out);
+                extended::execute_unnamed(out);
+                self.expect.push(swallow(Answer::Parse));
+                self.expect.push(swallow(Answer::Bind));
+                self.expect.push(swallow(Answer::Execute).undo(undo));
+            }
+        }
+        server.insert(statement.clone());
+    }
+
+    /// Frees the server-side name `lookup` found taken, and a slot if the server is full.
+    fn make_room(&mut self, lookup: Lookup, c2s: &mut Pump, server: &mut ServerStatements) {
+        if let Lookup::Taken(other) = lookup {
+            self.close_on_server(other, c2s.inject(), server);
+        }
+        if let Some(victim) = server.victim(self.max) {
+            self.close_on_server(victim, c2s.inject(), server);
+        }
+    }
+}
