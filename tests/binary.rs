@@ -196,6 +196,8 @@ async fn current_user(client: &Client) -> String {
 async fn assert_one_server_per_pool(proxy: &Pgwarden, pg: &PgServer) {
     let first = proxy.connect_app().await;
     assert_eq!(current_user(&first).await, "app");
+    // An open transaction holds the server (transaction pooling is the default).
+    first.batch_execute("BEGIN").await.unwrap();
     let started = Instant::now();
     let second = match proxy.try_connect("app", "app_pw", "appdb").await {
         Ok(second) => second.query_one("select 1", &[]).await.map(drop),

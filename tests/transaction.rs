@@ -897,7 +897,7 @@ async fn pgbench_hundred_clients_over_ten_servers() {
     ];
     let proxy = start_proxy(&config(&pg, &settings)).await;
 
-    for mode in ["simple", "extended"] {
+    for mode in ["simple", "extended", "prepared"] {
         let args = ["-S", "-c", "100", "-j", "2", "-T", "5", "-M", mode];
         let mut cmd = pgbench_command(proxy.addr.port(), &args);
         let started = Instant::now();
