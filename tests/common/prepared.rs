@@ -23,11 +23,16 @@ pub const RAW_DB: &str = "postgres";
 
 /// A transaction-mode configuration routing every database to `pg` with `pool_size`
 /// servers: clients log in with trust, app logs in to Postgres with its password, a 5 s
-/// query_wait_timeout; `extra` is added as top-level lines.
+/// query_wait_timeout unless `extra` sets one; `extra` is added as top-level lines.
 pub fn transaction_config(pg: &PgServer, pool_size: usize, extra: &str) -> String {
+    let wait = if extra.contains("query_wait_timeout") {
+        ""
+    } else {
+        "query_wait_timeout = \"5s\"\n"
+    };
     format!(
         "auth_type = \"trust\"\npool_mode = \"transaction\"\npool_size = {pool_size}\n\
-         query_wait_timeout = \"5s\"\nshutdown_timeout = \"2s\"\n{extra}\n\
+         {wait}shutdown_timeout = \"2s\"\n{extra}\n\
          [databases.\"*\"]\nhost = \"127.0.0.1\"\nport = {}\n\
          [users.app]\npassword = \"app_pw\"\n",
         pg.port
