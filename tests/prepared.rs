@@ -18,9 +18,9 @@ use std::time::Duration;
 
 use common::pgbench::{output_text, pgbench_command, processed};
 use common::prepared::{
-    assert_error, bind, close, describe, errors, execute, hold, parse, pid, query, release,
-    rows, run_named, same_as_direct, shape, single, step, sync, transaction_config, value,
-    RawClient, Reply, RAW_DB, RAW_USER,
+    assert_error, bind, close, describe, errors, execute, hold, parse, pid, query, release, rows,
+    run_named, same_as_direct, shape, single, step, sync, transaction_config, value, RawClient,
+    Reply, RAW_DB, RAW_USER,
 };
 use common::{describe as describe_error, start_proxy, PgServer, Proxy};
 use tokio_postgres::Client;
@@ -80,6 +80,18 @@ async fn a_protocol_named_statement_is_used_in_many_transactions_on_both_servers
         last = server;
     }
     assert_eq!(servers.len(), 2, "s1 ran on {servers:?}");
+
+    // Describe of the statement on the other server, and an Execute in the same pipeline.
+    let holder = hold(holders, &last).await;
+    let pipeline = [describe(b'S', "s1"), run_named("s1", &["21"])].concat();
+    let replies = raw.run(&pipeline, 1).await;
+    assert_eq!(shape(&replies), "tT2DCZI", "{replies:?}");
+    assert_eq!(replies[0], Reply::ParameterDescription(1));
+    let columns = vec!["pg_backend_pid".to_owned(), "?column?".to_owned()];
+    assert_eq!(replies[1], Reply::RowDescription(columns));
+    assert_eq!(rows(&replies)[0][1].as_deref(), Some("42"));
+    assert_ne!(rows(&replies)[0][0].as_ref(), Some(&last));
+    release(holder).await;
     assert!(pg.backend_count(RAW_USER).await <= 2);
 }
 
@@ -144,7 +156,8 @@ async fn identical_statements_of_different_clients_share_one_server_statement() 
 
     // pool_size 1: this simple query runs on the server every client used.
     let mut check = RawClient::proxied(&proxy).await;
-    let same_text = format!("select count(*) from pg_prepared_statements where statement = '{sql}'");
+    let same_text =
+        format!("select count(*) from pg_prepared_statements where statement = '{sql}'");
     assert_eq!(check.value(&same_text).await, "1", "one server statement");
     let client_names = "select count(*) from pg_prepared_statements where name like 'stmt%'";
     assert_eq!(
@@ -213,7 +226,13 @@ async fn errors_of_named_statements_are_those_of_postgres() {
         step(0, [parse("s1", "select 2"), sync()].concat(), 1),
         step(
             0,
-            [describe(b'S', "s1"), bind("", "s1", &[]), execute(""), sync()].concat(),
+            [
+                describe(b'S', "s1"),
+                bind("", "s1", &[]),
+                execute(""),
+                sync(),
+            ]
+            .concat(),
             1,
         ),
         // 5-8: a syntax error in the middle of a pipeline, then the session goes on.
@@ -283,7 +302,13 @@ async fn close_deallocate_and_discard_drop_the_clients_own_statements_only() {
         step(0, run_named("s2", &[]), 1),
         step(
             0,
-            [parse("s1", "select 'a1 again'"), bind("", "s1", &[]), execute(""), sync()].concat(),
+            [
+                parse("s1", "select 'a1 again'"),
+                bind("", "s1", &[]),
+                execute(""),
+                sync(),
+            ]
+            .concat(),
             1,
         ),
         // 8-11: DEALLOCATE name.
@@ -302,7 +327,13 @@ async fn close_deallocate_and_discard_drop_the_clients_own_statements_only() {
         step(1, run_named("s1", &[]), 1),
         step(
             0,
-            [parse("s1", "select 'a1 third'"), bind("", "s1", &[]), execute(""), sync()].concat(),
+            [
+                parse("s1", "select 'a1 third'"),
+                bind("", "s1", &[]),
+                execute(""),
+                sync(),
+            ]
+            .concat(),
             1,
         ),
         // 20: Close then Bind in one pipeline.
@@ -447,7 +478,10 @@ async fn tokio_postgres_statements_work_across_transactions_and_servers() {
     assert_eq!(row.get::<_, i32>(0), 42);
     let double = tx.prepare("select $1::int * 2").await.unwrap();
     assert_eq!(
-        tx.query_one(&double, &[&21i32]).await.unwrap().get::<_, i32>(0),
+        tx.query_one(&double, &[&21i32])
+            .await
+            .unwrap()
+            .get::<_, i32>(0),
         42
     );
     tx.commit().await.unwrap();
@@ -605,7 +639,10 @@ async fn fifty_clients_two_hundred_transactions_each_over_five_servers() {
         result.unwrap();
     }
     let most = most.load(Ordering::Relaxed);
-    assert!(most <= 5, "Postgres saw {most} app backends with pool_size 5");
+    assert!(
+        most <= 5,
+        "Postgres saw {most} app backends with pool_size 5"
+    );
     assert!(most > 0, "the sampling never saw a backend");
     assert!(pg.backend_count("app").await <= 5);
 }
@@ -646,7 +683,10 @@ async fn a_schema_change_is_retried_transparently_outside_a_transaction() {
     assert_error(&replies, "0A000", stale);
     let replies = proxied.run(&run, 1).await;
     assert_eq!(shape(&replies), "2TDCZI", "pgwarden: {replies:?}");
-    assert_eq!(replies[1], Reply::RowDescription(vec!["a".into(), "b".into()]));
+    assert_eq!(
+        replies[1],
+        Reply::RowDescription(vec!["a".into(), "b".into()])
+    );
     assert_eq!(rows(&replies), vec![vec![Some("1".to_owned()), None]]);
 
     // Once the transaction has done something, the error is the client's, as on Postgres;
@@ -660,7 +700,11 @@ async fn a_schema_change_is_retried_transparently_outside_a_transaction() {
         assert_eq!(shape(&raw.simple("rollback").await), "CZI");
     }
     let replies = proxied.run(&run, 1).await;
-    assert_eq!(shape(&replies), "2TDCZI", "pgwarden after the rollback: {replies:?}");
+    assert_eq!(
+        shape(&replies),
+        "2TDCZI",
+        "pgwarden after the rollback: {replies:?}"
+    );
     assert_eq!(rows(&replies), vec![vec![Some("1".to_owned()), None, None]]);
 }
 
@@ -696,7 +740,10 @@ async fn pgbench_prepared_with_100_clients_over_10_servers() {
         "pgbench reports failures:\n{output}"
     );
     assert!(processed(&output) > 0, "{output}");
-    assert!(most <= 10, "Postgres saw {most} app backends with pool_size 10");
+    assert!(
+        most <= 10,
+        "Postgres saw {most} app backends with pool_size 10"
+    );
     assert!(most > 0, "the sampling never saw a backend");
 }
 
@@ -742,7 +789,9 @@ async fn named_statements_do_not_pin_a_client_to_its_server() {
 
     // A raw client (app too, to share the pool) that only parsed does not hold the server.
     let mut raw = RawClient::login_as(proxy.addr, "app", "appdb").await;
-    let parsed = raw.run(&[parse("s1", "select 'raw'"), sync()].concat(), 1).await;
+    let parsed = raw
+        .run(&[parse("s1", "select 'raw'"), sync()].concat(), 1)
+        .await;
     assert_eq!(shape(&parsed), "1ZI");
     let row = tokio::time::timeout(PROMPTLY, b.query_one(&b_statement, &[&40i32])).await;
     assert_eq!(row.expect("B waited").unwrap().get::<_, i32>(0), 42);

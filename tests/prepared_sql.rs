@@ -13,9 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::prepared::{
-    assert_error, bind, describe, errors, execute, hold, parse, query, release, rows,
-    run_named, same_as_direct, shape, single, step, sync, transaction_config, value, Reply,
-    RAW_DB, RAW_USER,
+    assert_error, bind, describe, errors, execute, hold, parse, query, release, rows, run_named,
+    same_as_direct, shape, single, step, sync, transaction_config, value, Reply, RAW_DB, RAW_USER,
 };
 use common::{describe as describe_error, start_proxy, PgServer};
 use tokio_postgres::types::Type;
@@ -49,7 +48,13 @@ async fn prepare_execute_deallocate_behave_as_on_postgres_for_each_client() {
         step(0, [describe(b'S', "p"), sync()].concat(), 1),
         step(
             0,
-            [parse("", "execute p(9)"), bind("", "", &[]), execute(""), sync()].concat(),
+            [
+                parse("", "execute p(9)"),
+                bind("", "", &[]),
+                execute(""),
+                sync(),
+            ]
+            .concat(),
             1,
         ),
         // 13-15: DEALLOCATE name.
@@ -71,7 +76,11 @@ async fn prepare_execute_deallocate_behave_as_on_postgres_for_each_client() {
         step(0, query("prepare x as select 'x'"), 1),
         step(0, query("rollback"), 1),
         step(0, query("execute x"), 1),
-        step(0, query("begin; prepare y as select 'y'; execute y; commit"), 1),
+        step(
+            0,
+            query("begin; prepare y as select 'y'; execute y; commit"),
+            1,
+        ),
         step(0, query("execute y"), 1),
         // 27-30: parameters of several types; quoted names.
         step(0, query("prepare t2(text, int) as select $1 || $2"), 1),
