@@ -497,7 +497,7 @@ struct Unmovable {
     gone: &'static str,
 }
 
-const UNMOVABLE: [Unmovable; 4] = [
+const UNMOVABLE: [Unmovable; 3] = [
     Unmovable {
         what: "CREATE TEMP TABLE",
         create: "CREATE TEMP TABLE tt(x int)",
@@ -521,14 +521,6 @@ const UNMOVABLE: [Unmovable; 4] = [
         create: "DECLARE c CURSOR WITH HOLD FOR SELECT generate_series(1, 3)",
         uses: ("FETCH NEXT FROM c", ["1", "2"]),
         gone: "SELECT count(*) = 0 FROM pg_cursors",
-    },
-    // A PREPARE alone follows its client (tests/prepared_sql.rs); among other statements
-    // in one Query it is left to the server and pins.
-    Unmovable {
-        what: "SQL PREPARE among other statements",
-        create: "PREPARE p(int) AS SELECT $1 + 1; SELECT 1",
-        uses: ("EXECUTE p(41)", ["42", "42"]),
-        gone: "SELECT count(*) = 0 FROM pg_prepared_statements",
     },
 ];
 

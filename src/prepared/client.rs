@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use super::command::{self, Command};
 use super::expect::{Answer, Entry, Fate, Kind, Undo};
 use super::statements::{Definition, Lookup, ServerStatements, Statement};
 use super::Prepared;
@@ -57,17 +58,33 @@ impl Prepared {
     }
 
     fn parse(&mut self, found: Found, c2s: &mut Pump, server: &mut ServerStatements) {
-        let Some(parse) = Parse::read(c2s.message(found)).filter(|p| !p.name.is_empty()) else {
+        let Some(parse) = Parse::read(c2s.message(found)) else {
             return self.pass(Answer::Parse, found, c2s);
         };
+        let executes = self.executes(&parse);
+        if parse.name.is_empty() {
+            let Some((depends, definition)) = executes else {
+                return self.pass(Answer::Parse, found, c2s);
+            };
+            c2s.drop_message(found.taken);
+            self.ensure(&depends, c2s, server);
+            extended::parse(b"", &definition, c2s.inject());
+            return self.expect.push(Entry::pass(Answer::Parse));
+        }
         let name: Box<[u8]> = parse.name.into();
         if self.client.get(&name).is_some() {
             c2s.drop_message(found.taken);
             return self.fail(c2s, PgError::duplicate_statement(&name));
         }
-        let statement = Statement::new(Definition::Protocol(Bytes::copy_from_slice(
-            parse.definition,
-        )));
+        let statement = match executes {
+            Some((depends, definition)) => {
+                Statement::new(Definition::Protocol(definition.into()), Some(depends))
+            }
+            None => Statement::new(
+                Definition::Protocol(Bytes::copy_from_slice(parse.definition)),
+                None,
+            ),
+        };
         c2s.drop_message(found.taken);
         self.client.insert(&name, statement.clone());
         let undo = Undo::ClientRemove(name);
@@ -77,6 +94,9 @@ impl Prepared {
                 self.expect.push(Entry::new(Kind::Write(b'1')).undo(undo));
             }
             lookup => {
+                if let Some(depends) = &statement.depends {
+                    self.ensure(depends, c2s, server);
+                }
                 self.make_room(lookup, c2s, server);
                 let Definition::Protocol(definition) = &statement.definition else {
                     unreachable!("built as a protocol statement above")
@@ -166,6 +186,9 @@ impl Prepared {
         c2s: &mut Pump,
         server: &mut ServerStatements,
     ) {
+        if let Some(depends) = &statement.depends {
+            self.ensure(depends, c2s, server);
+        }
         let lookup = server.lookup(statement);
         if let Lookup::Present = lookup {
             return server.touch(statement);
@@ -193,6 +216,23 @@ impl Prepared {
             }
         }
         server.insert(statement.clone());
+    }
+
+    /// A Parse of `EXECUTE name …` for a statement this client prepared: the statement it
+    /// runs, and the Parse's definition with the server-side name in the text.
+    fn executes(&self, parse: &Parse<'_>) -> Option<(Arc<Statement>, Vec<u8>)> {
+        let query = parse.query();
+        let Some(Command::Execute { name, arguments }) = command::read(query) else {
+            return None;
+        };
+        let depends = self.client.get(&name)?.clone();
+        let mut definition = b"EXECUTE ".to_vec();
+        definition.extend_from_slice(depends.server_name());
+        definition.push(b' ');
+        definition.extend_from_slice(arguments);
+        // The NUL ending the text, then the parameter types as the client sent them.
+        definition.extend_from_slice(&parse.definition[query.len()..]);
+        Some((depends, definition))
     }
 
     /// Frees the server-side name `lookup` found taken, and a slot if the server is full.

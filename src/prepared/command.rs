@@ -3,7 +3,7 @@
 
 use std::borrow::Cow;
 
-use crate::protocol::sql::single_statement;
+use crate::protocol::sql::{for_each_statement, single_statement};
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Command<'a> {
@@ -22,11 +22,45 @@ pub enum Command<'a> {
     DiscardAll,
 }
 
+/// One statement of a Query: a command pgwarden rewrites, or text it leaves alone.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Piece<'a> {
+    Verbatim(&'a [u8]),
+    /// A command, with the statement's text.
+    Command(&'a [u8], Command<'a>),
+}
+
+/// The statements of a Query's text, if any of them is a command; `None` (without
+/// allocating) for the usual Query that holds none.
+pub fn read_all(sql: &[u8]) -> Option<Vec<Piece<'_>>> {
+    let sql = sql.strip_suffix(b"\0").unwrap_or(sql);
+    let mut any = false;
+    for_each_statement(sql, |statement| {
+        any = any || read_statement(statement).is_some()
+    });
+    if !any {
+        return None;
+    }
+    let mut pieces = Vec::new();
+    for_each_statement(sql, |statement| {
+        pieces.push(match read_statement(statement) {
+            Some(command) => Piece::Command(statement, command),
+            None => Piece::Verbatim(statement),
+        })
+    });
+    Some(pieces)
+}
+
 /// The command in a Query's text, if its only statement is one of them.
 pub fn read(sql: &[u8]) -> Option<Command<'_>> {
     let sql = sql.strip_suffix(b"\0").unwrap_or(sql);
+    read_statement(single_statement(sql)?)
+}
+
+/// The command one statement is, if it is one.
+fn read_statement(statement: &[u8]) -> Option<Command<'_>> {
     let mut cursor = Cursor {
-        sql: single_statement(sql)?,
+        sql: statement,
         pos: 0,
     };
     let head = cursor.word()?;
@@ -202,6 +236,14 @@ mod tests {
         assert_eq!(read(b"select 1"), None);
         assert_eq!(read(b"prepare transaction 'x'"), None);
         assert_eq!(read(b"prepare p as select 1; execute p"), None);
+        assert_eq!(read_all(b"select 1; select 2"), None);
+        let pieces = read_all(b"begin; prepare y as select 'y'; execute y; commit").unwrap();
+        assert_eq!(pieces.len(), 4);
+        assert_eq!(pieces[0], Piece::Verbatim(b"begin"));
+        assert!(matches!(
+            pieces[2],
+            Piece::Command(_, Command::Execute { .. })
+        ));
         assert_eq!(read(b"discard plans"), None);
         assert_eq!(read(b"prepare p"), None);
         assert_eq!(read(b"execute \"unterminated"), None);

@@ -76,9 +76,13 @@ pub enum Fate {
     Swallow,
     /// The message was sent only to fail; its ErrorResponse is replaced by this one.
     Fail(Bytes),
-    /// A rewritten Query: the CommandCompletes whose bit is set (first = bit 0) belong to
-    /// statements pgwarden added and are swallowed.
-    SwallowCompletes(u8),
+    /// A rewritten Query. Its statements are counted by their CommandCompletes: those
+    /// whose bit is set in `swallow` (first = bit 0) were added by pgwarden; statement
+    /// `fail.0`, if reached, fails with the server's error replaced by `fail.1`.
+    Rewritten {
+        swallow: u64,
+        fail: Option<(u32, Bytes)>,
+    },
 }
 
 /// How to take back what sending a message changed, if the server never ran it.
@@ -123,7 +127,7 @@ pub struct Entry {
     /// What to take back if the server does not run the message. In a rewritten Query,
     /// each undo belongs to one of its statements (by index): those before the failing one
     /// ran and stay done.
-    pub undo: Vec<(u8, Undo)>,
+    pub undo: Vec<(u32, Undo)>,
     /// The shared statement a Bind ran, for re-preparing it when its plan went stale.
     pub statement: Option<Arc<Statement>>,
     /// Where the client's message starts in the pipeline kept for a retry.
@@ -149,7 +153,7 @@ impl Entry {
         self
     }
 
-    fn take_back(self, ran: u8, client: &mut ClientStatements, server: &mut ServerStatements) {
+    fn take_back(self, ran: u32, client: &mut ClientStatements, server: &mut ServerStatements) {
         for (step, undo) in self.undo.into_iter().rev() {
             if step >= ran {
                 undo.apply(client, server);
@@ -171,7 +175,7 @@ pub enum Verdict {
 pub struct Expect {
     queue: VecDeque<Entry>,
     /// CommandCompletes already seen in the Query at the front.
-    completes_seen: u8,
+    completes_seen: u32,
 }
 
 impl Expect {
@@ -224,22 +228,22 @@ impl Expect {
             Fate::Swallow => Verdict::Swallow,
             Fate::Fail(error) if tag == backend::ERROR_RESPONSE => Verdict::Replace(error.clone()),
             Fate::Fail(_) => Verdict::Forward,
-            Fate::SwallowCompletes(mask) if tag == COMMAND_COMPLETE => {
-                let bit = 1u8.checked_shl(self.completes_seen.into()).unwrap_or(0);
+            Fate::Rewritten { swallow, .. } if tag == COMMAND_COMPLETE => {
+                let bit = 1u64.checked_shl(self.completes_seen).unwrap_or(0);
                 self.completes_seen = self.completes_seen.saturating_add(1);
-                if *mask & bit != 0 {
+                if *swallow & bit != 0 {
                     Verdict::Swallow
                 } else {
                     Verdict::Forward
                 }
             }
-            Fate::SwallowCompletes(mask) => {
-                if tag == backend::ERROR_RESPONSE {
-                    // A failed simple query runs nothing after the error.
-                    *mask = 0;
-                }
-                Verdict::Forward
+            Fate::Rewritten {
+                fail: Some((at, error)),
+                ..
+            } if tag == backend::ERROR_RESPONSE && *at == self.completes_seen => {
+                Verdict::Replace(error.clone())
             }
+            Fate::Rewritten { .. } => Verdict::Forward,
         };
         if tag == backend::ERROR_RESPONSE {
             self.on_error(answer, client, server);
@@ -363,7 +367,7 @@ mod tests {
     fn an_error_skips_to_sync_and_takes_back_what_was_skipped() {
         let mut expect = Expect::default();
         let (mut client, mut server) = (ClientStatements::default(), ServerStatements::default());
-        let statement = Statement::new(Definition::Protocol(Bytes::from_static(b"x\0\0\0")));
+        let statement = Statement::new(Definition::Protocol(Bytes::from_static(b"x\0\0\0")), None);
         client.insert(b"s2", statement.clone());
         server.insert(statement.clone());
         expect.push(Entry::pass(Answer::Bind));
@@ -402,10 +406,11 @@ mod tests {
     #[test]
     fn a_rewritten_query_swallows_only_the_added_completes() {
         let mut expect = Expect::default();
-        expect.push(Entry::new(Kind::Await(
-            Answer::Query,
-            Fate::SwallowCompletes(0b01),
-        )));
+        let fate = Fate::Rewritten {
+            swallow: 0b01,
+            fail: None,
+        };
+        expect.push(Entry::new(Kind::Await(Answer::Query, fate)));
         let verdicts = run(&mut expect, b"CTDCZ");
         assert_eq!(verdicts[0], Verdict::Swallow);
         assert!(verdicts[1..].iter().all(|v| *v == Verdict::Forward));

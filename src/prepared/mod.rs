@@ -31,10 +31,9 @@ use crate::protocol::{extended, PgError};
 use expect::{Answer, Entry, Expect, Fate, Kind, Undo, Verdict};
 pub use statements::{ClientStatements, ServerStatements};
 
-/// Whether a Query's SQL-level PREPARE is one pgwarden rewrites (a Query holding only
-/// that statement); others pin the client.
+/// Whether pgwarden rewrites a Query's SQL-level PREPARE (so it need not pin).
 pub fn handles_query(sql: &[u8]) -> bool {
-    command::read(sql).is_some()
+    command::read_all(sql).is_some()
 }
 
 /// One client's prepared statements and the answers its current server still owes.

@@ -1,13 +1,14 @@
 //! SQL-level prepared statements (`PREPARE`, `EXECUTE`, `DEALLOCATE`, `DISCARD ALL`) in a
-//! simple Query: the statement is rewritten to use server-side names, with the statements
-//! pgwarden adds (a PREPARE the server lacks, a DEALLOCATE to make room) ahead of it in the
-//! same Query, their CommandCompletes swallowed.
+//! simple Query: each such statement is rewritten to use server-side names, with what
+//! pgwarden adds (a PREPARE the server lacks, a DEALLOCATE to make room) as statements of
+//! their own in the same Query, their CommandCompletes swallowed. Other statements of the
+//! Query go through as written.
 
 use std::sync::Arc;
 
 use bytes::{BufMut, Bytes};
 
-use super::command::{self, Command};
+use super::command::{self, Command, Piece};
 use super::expect::{Answer, Entry, Fate, Kind, Undo};
 use super::statements::{Definition, Lookup, ServerStatements, Statement};
 use super::Prepared;
@@ -20,34 +21,48 @@ use crate::protocol::{extended, PgError};
 /// PREPARE the server already holds, or a DEALLOCATE of a statement it keeps for others.
 const PREPARE_NOTHING: &[u8] = b"PREPARE pgwarden_nothing AS SELECT";
 const DEALLOCATE_NOTHING: &[u8] = b"DEALLOCATE pgwarden_nothing";
+/// A statement that fails (26000): stands in for one the client got wrong.
+const FAILS: &[u8] = b"DEALLOCATE \"pgwarden.absent\"";
+/// Statements a rewritten Query may hold: one bit each in the swallow mask.
+const MAX_STATEMENTS: u32 = 64;
 
-/// The rewritten Query being built: statements, and which CommandCompletes to swallow.
+/// The rewritten Query being built.
 #[derive(Default)]
 struct Rewrite {
     text: Vec<u8>,
-    swallow: u8,
-    statements: u8,
-    undo: Vec<(u8, Undo)>,
+    /// CommandCompletes to swallow, one bit per statement.
+    swallow: u64,
+    statements: u32,
+    undo: Vec<(u32, Undo)>,
+    /// The statement standing in for the client's error, and Postgres' error for it.
+    fail: Option<(u32, Bytes)>,
 }
 
 impl Rewrite {
     /// Adds a statement; `hidden` when the client must not see its CommandComplete.
     fn statement(&mut self, parts: &[&[u8]], hidden: bool) {
         if !self.text.is_empty() {
-            self.text.extend_from_slice(b"; ");
+            // A newline first: the statement before may end in a `--` comment.
+            self.text.extend_from_slice(b"\n;\n");
         }
         for part in parts {
             self.text.extend_from_slice(part);
         }
         if hidden {
-            self.swallow |= 1u8.checked_shl(self.statements.into()).unwrap_or(0);
+            self.swallow |= 1u64.checked_shl(self.statements).unwrap_or(0);
         }
-        self.statements = self.statements.saturating_add(1);
+        self.statements += 1;
     }
 
     /// Takes back `undo` if the statement added last does not run.
     fn undo(&mut self, undo: Undo) {
         self.undo.push((self.statements.saturating_sub(1), undo));
+    }
+
+    /// The client's statement fails with `error`, as it would on Postgres.
+    fn fail(&mut self, error: PgError) {
+        self.statement(&[FAILS], false);
+        self.fail = Some((self.statements - 1, error.to_bytes().freeze()));
     }
 }
 
@@ -66,50 +81,71 @@ pub(super) fn prepare_text(statement: &Statement) -> Vec<u8> {
 impl Prepared {
     pub(super) fn query(&mut self, found: Found, c2s: &mut Pump, server: &mut ServerStatements) {
         let text = &c2s.message(found)[HEADER_LEN..];
-        let command = match command::read(text) {
-            Some(command) => owned(command),
-            None => return self.pass(Answer::Query, found, c2s),
+        let Some(pieces) = command::read_all(text) else {
+            return self.pass(Answer::Query, found, c2s);
         };
+        let pieces: Vec<Owned> = pieces.into_iter().map(owned).collect();
+        c2s.drop_message(found.taken);
         let mut rewrite = Rewrite::default();
-        let outcome = match command {
-            Owned::Prepare(name, definition) => {
-                self.sql_prepare(name, definition, &mut rewrite, server)
+        for piece in pieces {
+            if rewrite.fail.is_some() {
+                // Postgres stops at the error: what follows never runs, so it changes
+                // nothing here (it still goes to the server, which reports a syntax error
+                // anywhere in the Query before running any of it).
+                rewrite.statement(&[&piece.text], false);
+                continue;
             }
-            Owned::Execute(name, arguments) => {
-                self.sql_execute(name, arguments, &mut rewrite, c2s, server)
+            self.rewrite_piece(piece, &mut rewrite, c2s, server);
+        }
+        if rewrite.statements > MAX_STATEMENTS {
+            tracing::warn!(
+                "a Query with more than {MAX_STATEMENTS} statements: answers may be off"
+            );
+        }
+        let out = c2s.inject();
+        out.put_u8(frontend::QUERY);
+        out.put_u32((4 + rewrite.text.len() + 1) as u32);
+        out.put_slice(&rewrite.text);
+        out.put_u8(0);
+        let fate = Fate::Rewritten {
+            swallow: rewrite.swallow,
+            fail: rewrite.fail,
+        };
+        let mut entry = Entry::new(Kind::Await(Answer::Query, fate));
+        entry.undo = rewrite.undo;
+        self.expect.push(entry);
+    }
+
+    fn rewrite_piece(
+        &mut self,
+        piece: Owned,
+        rewrite: &mut Rewrite,
+        c2s: &mut Pump,
+        server: &mut ServerStatements,
+    ) {
+        let outcome = match piece.command {
+            None => {
+                rewrite.statement(&[&piece.text], false);
+                Ok(())
             }
-            Owned::Deallocate(Some(name)) => self.sql_deallocate(name, &mut rewrite),
-            Owned::Deallocate(None) | Owned::DiscardAll => {
+            Some(Cmd::Prepare(name, definition)) => {
+                self.sql_prepare(name, definition, rewrite, server)
+            }
+            Some(Cmd::Execute(name, arguments)) => {
+                self.sql_execute(name, arguments, rewrite, c2s, server)
+            }
+            Some(Cmd::Deallocate(name)) => self.sql_deallocate(name, rewrite),
+            Some(Cmd::All) => {
                 // Runs as written: the server forgets all its statements, the client all
                 // its names.
-                let entry = Entry::pass(Answer::Query)
-                    .undo(Undo::ClientRestoreAll(self.client.take_all()))
-                    .undo(Undo::ServerRestoreAll(server.take_all()));
-                self.expect.push(entry);
-                return c2s.forward(found.taken);
+                rewrite.statement(&[&piece.text], false);
+                rewrite.undo(Undo::ClientRestoreAll(self.client.take_all()));
+                rewrite.undo(Undo::ServerRestoreAll(server.take_all()));
+                Ok(())
             }
         };
-        c2s.drop_message(found.taken);
-        match outcome {
-            Ok(()) => {
-                let out = c2s.inject();
-                out.put_u8(frontend::QUERY);
-                out.put_u32((4 + rewrite.text.len() + 1) as u32);
-                out.put_slice(&rewrite.text);
-                out.put_u8(0);
-                let fate = Fate::SwallowCompletes(rewrite.swallow);
-                let mut entry = Entry::new(Kind::Await(Answer::Query, fate));
-                entry.undo = rewrite.undo;
-                self.expect.push(entry);
-            }
-            Err(error) => {
-                // A statement that fails on the server, its error replaced by Postgres' own.
-                let out = c2s.inject();
-                crate::protocol::messages::query("DEALLOCATE \"pgwarden.absent\"", out);
-                let error = error.to_bytes().freeze();
-                self.expect
-                    .push(Entry::new(Kind::Await(Answer::Query, Fate::Fail(error))));
-            }
+        if let Err(error) = outcome {
+            rewrite.fail(error);
         }
     }
 
@@ -123,7 +159,7 @@ impl Prepared {
         if self.client.get(&name).is_some() {
             return Err(PgError::duplicate_statement(&name));
         }
-        let statement = Statement::new(Definition::Sql(definition));
+        let statement = Statement::new(Definition::Sql(definition), None);
         self.client.insert(&name, statement.clone());
         if let Lookup::Present = server.lookup(&statement) {
             server.touch(&statement);
@@ -147,7 +183,7 @@ impl Prepared {
     ) -> Result<(), PgError> {
         let Some(statement) = self.client.get(&name).cloned() else {
             if self.pinned {
-                rewrite.statement(&[b"EXECUTE \"", &name, b"\" ", &arguments], false);
+                rewrite.statement(&[b"EXECUTE ", &quoted(&name), b" ", &arguments], false);
                 return Ok(());
             }
             return Err(PgError::unknown_statement(&name));
@@ -176,7 +212,7 @@ impl Prepared {
     fn sql_deallocate(&mut self, name: Box<[u8]>, rewrite: &mut Rewrite) -> Result<(), PgError> {
         let Some(statement) = self.client.remove(&name) else {
             if self.pinned {
-                rewrite.statement(&[b"DEALLOCATE \"", &name, b"\""], false);
+                rewrite.statement(&[b"DEALLOCATE ", &quoted(&name)], false);
                 return Ok(());
             }
             return Err(PgError::unknown_statement(&name));
@@ -187,8 +223,8 @@ impl Prepared {
         Ok(())
     }
 
-    /// Adds `PREPARE pgw_…` for an SQL-level statement the server lacks (after a
-    /// DEALLOCATE of whatever must make room), `hidden` when the client did not ask for it.
+    /// Adds `PREPARE pgw_…` for an SQL-level statement the server lacks, `hidden` when the
+    /// client did not ask for it; `client_undo` is taken back if it fails.
     fn prepare_in_query(
         &mut self,
         statement: &Arc<Statement>,
@@ -220,23 +256,50 @@ impl Prepared {
     }
 }
 
-/// A command with its parts copied out of the client's buffer.
-enum Owned {
-    Prepare(Box<[u8]>, Bytes),
-    Execute(Box<[u8]>, Bytes),
-    Deallocate(Option<Box<[u8]>>),
-    DiscardAll,
+/// A name as a quoted identifier.
+fn quoted(name: &[u8]) -> Vec<u8> {
+    let mut out = vec![b'"'];
+    for &c in name {
+        if c == b'"' {
+            out.push(b'"');
+        }
+        out.push(c);
+    }
+    out.push(b'"');
+    out
 }
 
-fn owned(command: Command<'_>) -> Owned {
-    match command {
+/// One statement of the Query with what pgwarden needs copied out of the client's buffer.
+struct Owned {
+    text: Bytes,
+    command: Option<Cmd>,
+}
+
+enum Cmd {
+    Prepare(Box<[u8]>, Bytes),
+    Execute(Box<[u8]>, Bytes),
+    Deallocate(Box<[u8]>),
+    /// `DEALLOCATE ALL` or `DISCARD ALL`.
+    All,
+}
+
+fn owned(piece: Piece<'_>) -> Owned {
+    let (text, command) = match piece {
+        Piece::Verbatim(text) => (text, None),
+        Piece::Command(text, command) => (text, Some(command)),
+    };
+    let command = command.map(|command| match command {
         Command::Prepare { name, definition } => {
-            Owned::Prepare(name.as_ref().into(), Bytes::copy_from_slice(definition))
+            Cmd::Prepare(name.as_ref().into(), Bytes::copy_from_slice(definition))
         }
         Command::Execute { name, arguments } => {
-            Owned::Execute(name.as_ref().into(), Bytes::copy_from_slice(arguments))
+            Cmd::Execute(name.as_ref().into(), Bytes::copy_from_slice(arguments))
         }
-        Command::Deallocate(name) => Owned::Deallocate(name.map(|n| n.as_ref().into())),
-        Command::DiscardAll => Owned::DiscardAll,
+        Command::Deallocate(Some(name)) => Cmd::Deallocate(name.as_ref().into()),
+        Command::Deallocate(None) | Command::DiscardAll => Cmd::All,
+    });
+    Owned {
+        text: Bytes::copy_from_slice(text),
+        command,
     }
 }

@@ -23,6 +23,8 @@ pub enum Definition {
 #[derive(Debug)]
 pub struct Statement {
     pub definition: Definition,
+    /// The SQL-level statement this one EXECUTEs: it must be on the server too.
+    pub depends: Option<Arc<Statement>>,
     pub hash: u64,
     name: [u8; SERVER_NAME_LEN],
 }
@@ -38,7 +40,7 @@ fn keys() -> &'static RandomState {
 }
 
 impl Statement {
-    pub fn new(definition: Definition) -> Arc<Statement> {
+    pub fn new(definition: Definition, depends: Option<Arc<Statement>>) -> Arc<Statement> {
         let hash = keys().hash_one(&definition);
         let mut name = [0u8; SERVER_NAME_LEN];
         name[..4].copy_from_slice(SERVER_NAME_PREFIX);
@@ -49,6 +51,7 @@ impl Statement {
         }
         Arc::new(Statement {
             definition,
+            depends,
             hash,
             name,
         })
@@ -201,7 +204,10 @@ mod tests {
     use super::*;
 
     fn stmt(sql: &'static str) -> Arc<Statement> {
-        Statement::new(Definition::Protocol(Bytes::from_static(sql.as_bytes())))
+        Statement::new(
+            Definition::Protocol(Bytes::from_static(sql.as_bytes())),
+            None,
+        )
     }
 
     #[test]
@@ -210,7 +216,7 @@ mod tests {
         assert_eq!(a.server_name(), b.server_name());
         assert_ne!(a.server_name(), c.server_name());
         assert!(a.server_name().starts_with(b"pgw_"));
-        let sql = Statement::new(Definition::Sql(Bytes::from_static(b"select 1\0")));
+        let sql = Statement::new(Definition::Sql(Bytes::from_static(b"select 1\0")), None);
         assert_ne!(a.server_name(), sql.server_name(), "kinds do not mix");
     }
 

@@ -24,28 +24,53 @@ impl Effects {
 
 /// The text of `sql` when it holds exactly one statement (without its closing `;`).
 pub fn single_statement(sql: &[u8]) -> Option<&[u8]> {
+    let mut count = 0;
+    let mut only = &sql[..0];
+    for_each_statement(sql, |statement| {
+        count += 1;
+        only = statement;
+    });
+    (count == 1).then_some(only)
+}
+
+/// Calls `f` with the text of each statement in `sql` (without its `;`), skipping empty
+/// ones (only blanks and comments).
+pub fn for_each_statement<'a>(sql: &'a [u8], mut f: impl FnMut(&'a [u8])) {
     let mut words = Words { sql, pos: 0 };
+    let mut start = 0;
+    let mut has_text = false;
     loop {
         match words.next() {
-            None => return Some(sql),
-            Some(Token::End) => break,
-            Some(_) => {}
+            Some(Token::End) => {
+                if has_text || !blank(&sql[start..words.pos - 1]) {
+                    f(&sql[start..words.pos - 1]);
+                }
+                start = words.pos;
+                has_text = false;
+            }
+            Some(_) => has_text = true,
+            None => {
+                if has_text || !blank(&sql[start..]) {
+                    f(&sql[start..]);
+                }
+                return;
+            }
         }
     }
-    let end = words.pos - 1;
-    let mut rest = Words {
-        sql,
-        pos: words.pos,
-    };
+}
+
+/// Only whitespace and comments.
+fn blank(sql: &[u8]) -> bool {
+    let mut rest = Words { sql, pos: 0 };
     while rest.pos < sql.len() {
         match &sql[rest.pos..] {
             [b'-', b'-', ..] => rest.skip_until(b"\n"),
             [b'/', b'*', ..] => rest.skip_block_comment(),
-            [c, ..] if c.is_ascii_whitespace() || *c == b';' => rest.pos += 1,
-            _ => return None,
+            [c, ..] if c.is_ascii_whitespace() => rest.pos += 1,
+            _ => return false,
         }
     }
-    Some(&sql[..end])
+    true
 }
 
 /// The pin reason for SQL-level PREPARE.
@@ -324,6 +349,11 @@ mod tests {
         );
         assert_eq!(single_statement(b"select 1; select 2"), None);
         assert_eq!(single_statement(b"select 1; 'x'"), None);
+        let mut seen = Vec::new();
+        for_each_statement(b"begin; select ';' ; ;/* c */; commit -- end", |s| {
+            seen.push(s)
+        });
+        assert_eq!(seen, [&b"begin"[..], b" select ';' ", b" commit -- end"]);
         assert_eq!(
             fx("declare c cursor with hold for select 1").pins,
             Some("WITH HOLD cursor")
