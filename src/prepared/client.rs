@@ -61,6 +61,14 @@ impl Prepared {
         let Some(parse) = Parse::read(c2s.message(found)) else {
             return self.pass(Answer::Parse, found, c2s);
         };
+        if let Some(Command::DiscardAll | Command::Deallocate(None)) = command::read(parse.query())
+        {
+            // Run through the extended protocol, it drops every statement when executed;
+            // taken as done now (a statement believed missing is closed before it is
+            // prepared again, so being wrong costs nothing).
+            self.client.take_all();
+            server.take_all();
+        }
         let executes = self.executes(&parse);
         if parse.name.is_empty() {
             let Some((depends, definition)) = executes else {
@@ -97,7 +105,7 @@ impl Prepared {
                 if let Some(depends) = &statement.depends {
                     self.ensure(depends, c2s, server);
                 }
-                self.make_room(lookup, c2s, server);
+                self.make_room(lookup, &statement, c2s, server);
                 let Definition::Protocol(definition) = &statement.definition else {
                     unreachable!("built as a protocol statement above")
                 };
@@ -193,7 +201,7 @@ impl Prepared {
         if let Lookup::Present = lookup {
             return server.touch(statement);
         }
-        self.make_room(lookup, c2s, server);
+        self.make_room(lookup, statement, c2s, server);
         let undo = Undo::ServerRemove(statement.hash);
         let swallow = |answer| Entry::new(Kind::Await(answer, Fate::Swallow));
         match &statement.definition {
@@ -235,10 +243,26 @@ impl Prepared {
         Some((depends, definition))
     }
 
-    /// Frees the server-side name `lookup` found taken, and a slot if the server is full.
-    fn make_room(&mut self, lookup: Lookup, c2s: &mut Pump, server: &mut ServerStatements) {
-        if let Lookup::Taken(other) = lookup {
-            self.close_on_server(other, c2s.inject(), server);
+    /// Frees `statement`'s server-side name and, if the server is full, a slot.
+    ///
+    /// The name is closed even when pgwarden believes the server lacks it (closing a
+    /// missing statement is no error): a statement dropped behind pgwarden's back, say by a
+    /// failed DISCARD ALL it took as done, then costs nothing instead of a 42P05.
+    pub(super) fn make_room(
+        &mut self,
+        lookup: Lookup,
+        statement: &Statement,
+        c2s: &mut Pump,
+        server: &mut ServerStatements,
+    ) {
+        match lookup {
+            Lookup::Taken(other) => self.close_on_server(other, c2s.inject(), server),
+            _ => {
+                let out = c2s.inject();
+                extended::statement_target(frontend::CLOSE, statement.server_name(), out);
+                self.expect
+                    .push(Entry::new(Kind::Await(Answer::Close, Fate::Swallow)));
+            }
         }
         if let Some(victim) = server.victim(self.max) {
             self.close_on_server(victim, c2s.inject(), server);

@@ -129,7 +129,7 @@ impl Prepared {
                 Ok(())
             }
             Some(Cmd::Prepare(name, definition)) => {
-                self.sql_prepare(name, definition, rewrite, server)
+                self.sql_prepare(name, definition, rewrite, c2s, server)
             }
             Some(Cmd::Execute(name, arguments)) => {
                 self.sql_execute(name, arguments, rewrite, c2s, server)
@@ -154,6 +154,7 @@ impl Prepared {
         name: Box<[u8]>,
         definition: Bytes,
         rewrite: &mut Rewrite,
+        c2s: &mut Pump,
         server: &mut ServerStatements,
     ) -> Result<(), PgError> {
         if self.client.get(&name).is_some() {
@@ -169,7 +170,7 @@ impl Prepared {
             return Ok(());
         }
         let undo = Undo::ClientRemove(name);
-        self.prepare_in_query(&statement, rewrite, server, false, Some(undo));
+        self.prepare_in_query(&statement, rewrite, c2s, server, false, Some(undo));
         Ok(())
     }
 
@@ -191,7 +192,7 @@ impl Prepared {
         match (&statement.definition, server.lookup(&statement)) {
             (_, Lookup::Present) => server.touch(&statement),
             (Definition::Sql(_), _) => {
-                self.prepare_in_query(&statement, rewrite, server, true, None)
+                self.prepare_in_query(&statement, rewrite, c2s, server, true, None)
             }
             // A protocol-level statement run with EXECUTE: prepared by a Parse (and a Sync,
             // so a failure cannot make the server skip the Query) ahead of the Query.
@@ -229,18 +230,23 @@ impl Prepared {
         &mut self,
         statement: &Arc<Statement>,
         rewrite: &mut Rewrite,
+        c2s: &mut Pump,
         server: &mut ServerStatements,
         hidden: bool,
         client_undo: Option<Undo>,
     ) {
-        // A different statement under the same server-side name (a hash collision) must go
-        // first; a victim making room goes after the PREPARE, so a PREPARE that fails
-        // leaves it in place.
+        // The name is freed ahead of the Query by a Close (and a Sync, its answers
+        // swallowed): a missing statement is no error there, as it would be for DEALLOCATE.
+        // A victim making room goes after the PREPARE, so a PREPARE that fails leaves it.
+        let out = c2s.inject();
+        extended::statement_target(frontend::CLOSE, statement.server_name(), out);
+        extended::sync(out);
         if let Lookup::Taken(other) = server.lookup(statement) {
-            rewrite.statement(&[b"DEALLOCATE ", other.server_name()], true);
             server.remove(other.hash);
-            rewrite.undo(Undo::ServerRestore(other));
         }
+        let swallow = |answer| Entry::new(Kind::Await(answer, Fate::Swallow));
+        self.expect.push(swallow(Answer::Close));
+        self.expect.push(swallow(Answer::Sync));
         let victim = server.victim(self.max);
         rewrite.statement(&[&prepare_text(statement)], hidden);
         server.insert(statement.clone());
