@@ -15,6 +15,7 @@
 //! - [`shutdown`]: signals and draining.
 //! - [`stream`]: TCP and Unix sockets behind one type.
 //! - [`context`]: what every client task shares.
+//! - [`refusals`]: counts of refusals by cap.
 
 pub mod auth;
 pub mod cancel;
@@ -25,6 +26,7 @@ pub mod context;
 pub mod listener;
 pub mod pool;
 pub mod protocol;
+pub mod refusals;
 pub mod server;
 pub mod shutdown;
 pub mod stream;

@@ -241,6 +241,8 @@ impl Checker {
         for (key, value) in [
             ("server_connect_timeout", config.server_connect_timeout),
             ("cancel_wait_timeout", config.cancel_wait_timeout),
+            // Zero would let a pool whose server pushes back retry in a tight loop.
+            ("server_login_retry", config.server_login_retry),
         ] {
             if value.is_zero() {
                 self.error(key, "must be more than 0");
