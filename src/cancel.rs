@@ -44,18 +44,24 @@ struct SlotShared {
 
 type Slot = Arc<SlotShared>;
 
-/// How long a cancel may take before a server is given back regardless.
-const CANCEL_WAIT: Duration = Duration::from_secs(5);
-
 struct Entry {
     secret: i32,
     target: Slot,
 }
 
 /// Every client's cancel key.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct CancelRegistry {
     map: Arc<DashMap<i32, Entry>>,
+    /// `cancel_wait_timeout`: how long a forwarded cancel (and so the client's server,
+    /// which waits for it before going back to the pool) may take.
+    wait: Duration,
+}
+
+impl Default for CancelRegistry {
+    fn default() -> Self {
+        CancelRegistry::new(crate::config::file::defaults::CANCEL_WAIT_TIMEOUT)
+    }
 }
 
 /// A client's registration; dropping it retires the key.
@@ -66,6 +72,13 @@ pub struct CancelHandle {
 }
 
 impl CancelRegistry {
+    pub fn new(wait: Duration) -> CancelRegistry {
+        CancelRegistry {
+            map: Arc::default(),
+            wait,
+        }
+    }
+
     /// Issues a fresh key for a new client.
     pub fn register(&self) -> CancelHandle {
         let mut rng = rand::thread_rng();
@@ -111,7 +124,14 @@ impl CancelRegistry {
             return;
         };
         info!(server = %target.server.addr_label(), backend_pid = target.key.pid, "forwarding cancel request");
-        send(&target.server, target.key).await;
+        if !send(&target.server, target.key, self.wait).await {
+            warn!(
+                backend_pid = target.key.pid,
+                "Postgres did not close a cancel connection within cancel_wait_timeout = {}; \
+                 cancel given up",
+                crate::config::duration::format(self.wait)
+            );
+        }
     }
 }
 
@@ -128,10 +148,10 @@ impl Drop for InFlight {
     }
 }
 
-/// Sends a CancelRequest for `key` to `server` and waits (at most [`CANCEL_WAIT`]) until
-/// Postgres closes the connection, which it does once the backend has been signalled.
-/// Postgres never answers a cancel; errors are moot.
-pub async fn send(server: &ServerTarget, key: BackendKey) {
+/// Sends a CancelRequest for `key` to `server` and waits (at most `wait`) until Postgres
+/// closes the connection, which it does once the backend has been signalled. False if
+/// `wait` ran out. Postgres never answers a cancel; errors are moot.
+pub async fn send(server: &ServerTarget, key: BackendKey, wait: Duration) -> bool {
     let mut packet = BytesMut::new();
     let mut body = key.pid.to_be_bytes().to_vec();
     body.extend_from_slice(&key.secret.to_be_bytes());
@@ -143,12 +163,7 @@ pub async fn send(server: &ServerTarget, key: BackendKey) {
         while stream.read(&mut sink).await? > 0 {}
         Ok::<(), std::io::Error>(())
     };
-    if tokio::time::timeout(CANCEL_WAIT, exchange).await.is_err() {
-        warn!(
-            backend_pid = key.pid,
-            "Postgres did not close a cancel connection within {CANCEL_WAIT:?}"
-        );
-    }
+    tokio::time::timeout(wait, exchange).await.is_ok()
 }
 
 fn lock(slot: &Slot) -> std::sync::MutexGuard<'_, SlotState> {

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
-use crate::config::{AuthType, PoolMode};
+use crate::config::{AuthType, ClientIdentity, PoolMode};
 
 // `--help` sections, in the order of config/pgwarden.toml.
 const CLIENTS: &str = "Clients";
@@ -58,6 +58,39 @@ pub struct Cli {
     #[arg(long, env = "PGWARDEN_MAX_CLIENT_CONN", value_name = "N")]
     #[arg(help_heading = CLIENTS)]
     pub max_client_conn: Option<usize>,
+
+    /// Most client connections of one user (0: unlimited). Default: 0.
+    #[arg(long, env = "PGWARDEN_MAX_CLIENT_CONN_PER_USER", value_name = "N")]
+    #[arg(help_heading = CLIENTS)]
+    pub max_client_conn_per_user: Option<usize>,
+
+    /// Most client connections to one database name (0: unlimited). Default: 0.
+    #[arg(long, env = "PGWARDEN_MAX_CLIENT_CONN_PER_DATABASE", value_name = "N")]
+    #[arg(help_heading = CLIENTS)]
+    pub max_client_conn_per_database: Option<usize>,
+
+    /// Most client connections from one source address, grouped by the client_addr_prefix
+    /// settings (0: unlimited; Unix-socket clients are exempt). Default: 0.
+    #[arg(long, env = "PGWARDEN_MAX_CLIENT_CONN_PER_ADDR", value_name = "N")]
+    #[arg(help_heading = CLIENTS)]
+    pub max_client_conn_per_addr: Option<usize>,
+
+    /// Leading bits of an IPv4 address that make it "one address" (24: a /24 network).
+    /// Default: 32.
+    #[arg(long, env = "PGWARDEN_CLIENT_ADDR_PREFIX_V4", value_name = "BITS")]
+    #[arg(help_heading = CLIENTS)]
+    pub client_addr_prefix_v4: Option<u8>,
+
+    /// Leading bits of an IPv6 address that make it "one address". Default: 128.
+    #[arg(long, env = "PGWARDEN_CLIENT_ADDR_PREFIX_V6", value_name = "BITS")]
+    #[arg(help_heading = CLIENTS)]
+    pub client_addr_prefix_v6: Option<u8>,
+
+    /// Most client connections with one application_name (0: unlimited; clients without
+    /// one count together). Default: 0.
+    #[arg(long, env = "PGWARDEN_MAX_CLIENT_CONN_PER_APP", value_name = "N")]
+    #[arg(help_heading = CLIENTS)]
+    pub max_client_conn_per_app: Option<usize>,
 
     /// How long a client may take to log in (0: forever). Default: 1m.
     #[arg(long, env = "PGWARDEN_CLIENT_LOGIN_TIMEOUT", value_name = "DURATION")]
@@ -107,6 +140,49 @@ pub struct Cli {
     #[arg(help_heading = POOLING)]
     pub query_wait_timeout: Option<String>,
 
+    /// Extra servers a pool may open for clients that waited reserve_pool_timeout. Default: 0.
+    #[arg(long, env = "PGWARDEN_RESERVE_POOL_SIZE", value_name = "N")]
+    #[arg(help_heading = POOLING)]
+    pub reserve_pool_size: Option<usize>,
+
+    /// How long a client waits before a reserve server may be opened for it. Default: 5s.
+    #[arg(long, env = "PGWARDEN_RESERVE_POOL_TIMEOUT", value_name = "DURATION")]
+    #[arg(help_heading = POOLING)]
+    pub reserve_pool_timeout: Option<String>,
+
+    /// Most server connections to one database name, all pools together (0: unlimited).
+    /// Default: 0.
+    #[arg(long, env = "PGWARDEN_MAX_DB_CONNECTIONS", value_name = "N")]
+    #[arg(help_heading = POOLING)]
+    pub max_db_connections: Option<usize>,
+
+    /// Most server connections of one user, all pools together (0: unlimited). Default: 0.
+    #[arg(long, env = "PGWARDEN_MAX_USER_CONNECTIONS", value_name = "N")]
+    #[arg(help_heading = POOLING)]
+    pub max_user_connections: Option<usize>,
+
+    /// Most server connections in total (0: unlimited). Default: 0.
+    #[arg(long, env = "PGWARDEN_MAX_SERVER_CONN", value_name = "N")]
+    #[arg(help_heading = POOLING)]
+    pub max_server_conn: Option<usize>,
+
+    /// Most servers one client identity may hold at once in one pool (0: unlimited).
+    /// Default: 0.
+    #[arg(long, env = "PGWARDEN_MAX_SERVER_CONN_PER_CLIENT", value_name = "N")]
+    #[arg(help_heading = POOLING)]
+    pub max_server_conn_per_client: Option<usize>,
+
+    /// What makes clients one identity for fair queueing and max_server_conn_per_client:
+    /// application (application_name, else the user), user or address. Default: application.
+    #[arg(long, env = "PGWARDEN_CLIENT_IDENTITY", value_name = "IDENTITY")]
+    #[arg(help_heading = POOLING)]
+    pub client_identity: Option<ClientIdentity>,
+
+    /// Tell a waiting client it is queued (a NOTICE) after this long (0: never). Default: 0s.
+    #[arg(long, env = "PGWARDEN_QUERY_WAIT_NOTIFY", value_name = "DURATION")]
+    #[arg(help_heading = POOLING)]
+    pub query_wait_notify: Option<String>,
+
     /// Run on a server before another client gets it; empty for none. Default: DISCARD ALL.
     #[arg(long, env = "PGWARDEN_SERVER_RESET_QUERY", value_name = "SQL")]
     #[arg(help_heading = POOLING)]
@@ -126,6 +202,28 @@ pub struct Cli {
     #[arg(long, env = "PGWARDEN_SERVER_LIFETIME", value_name = "DURATION")]
     #[arg(help_heading = SERVERS)]
     pub server_lifetime: Option<String>,
+
+    /// After a failed server connect or login, wait this long before the pool tries again;
+    /// waiting clients keep waiting. Default: 1s.
+    #[arg(long, env = "PGWARDEN_SERVER_LOGIN_RETRY", value_name = "DURATION")]
+    #[arg(help_heading = SERVERS)]
+    pub server_login_retry: Option<String>,
+
+    /// Test a server idle longer than this with server_check_query before handing it out
+    /// (0: every time). Default: 30s.
+    #[arg(long, env = "PGWARDEN_SERVER_CHECK_DELAY", value_name = "DURATION")]
+    #[arg(help_heading = SERVERS)]
+    pub server_check_delay: Option<String>,
+
+    /// The query testing an idle server; empty for no test. Default: SELECT 1.
+    #[arg(long, env = "PGWARDEN_SERVER_CHECK_QUERY", value_name = "SQL")]
+    #[arg(help_heading = SERVERS)]
+    pub server_check_query: Option<String>,
+
+    /// How long a forwarded cancel request may take before it is given up. Default: 5s.
+    #[arg(long, env = "PGWARDEN_CANCEL_WAIT_TIMEOUT", value_name = "DURATION")]
+    #[arg(help_heading = SERVERS)]
+    pub cancel_wait_timeout: Option<String>,
 
     /// How long shutdown waits for running transactions. Default: 30s.
     #[arg(long, env = "PGWARDEN_SHUTDOWN_TIMEOUT", value_name = "DURATION")]
@@ -187,6 +285,39 @@ mod tests {
             ("pool_size", defaults::POOL_SIZE.to_string()),
             ("min_pool_size", defaults::MIN_POOL_SIZE.to_string()),
             ("max_client_conn", defaults::MAX_CLIENT_CONN.to_string()),
+            ("max_client_conn_per_user", defaults::UNLIMITED.to_string()),
+            (
+                "max_client_conn_per_database",
+                defaults::UNLIMITED.to_string(),
+            ),
+            ("max_client_conn_per_addr", defaults::UNLIMITED.to_string()),
+            ("max_client_conn_per_app", defaults::UNLIMITED.to_string()),
+            (
+                "client_addr_prefix_v4",
+                defaults::CLIENT_ADDR_PREFIX_V4.to_string(),
+            ),
+            (
+                "client_addr_prefix_v6",
+                defaults::CLIENT_ADDR_PREFIX_V6.to_string(),
+            ),
+            ("client_identity", "application".to_owned()),
+            ("reserve_pool_size", defaults::RESERVE_POOL_SIZE.to_string()),
+            ("reserve_pool_timeout", secs(defaults::RESERVE_POOL_TIMEOUT)),
+            ("max_db_connections", defaults::UNLIMITED.to_string()),
+            ("max_user_connections", defaults::UNLIMITED.to_string()),
+            ("max_server_conn", defaults::UNLIMITED.to_string()),
+            (
+                "max_server_conn_per_client",
+                defaults::UNLIMITED.to_string(),
+            ),
+            ("query_wait_notify", secs(defaults::QUERY_WAIT_NOTIFY)),
+            ("server_login_retry", secs(defaults::SERVER_LOGIN_RETRY)),
+            ("server_check_delay", secs(defaults::SERVER_CHECK_DELAY)),
+            (
+                "server_check_query",
+                defaults::SERVER_CHECK_QUERY.to_owned(),
+            ),
+            ("cancel_wait_timeout", secs(defaults::CANCEL_WAIT_TIMEOUT)),
             (
                 "server_reset_query",
                 defaults::SERVER_RESET_QUERY.to_owned(),

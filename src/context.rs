@@ -1,19 +1,39 @@
-//! What every client task shares: the configuration snapshot, the pools, the cancel keys and
-//! the shutdown signal. Passed in explicitly; nothing in pgwarden reads a global.
+//! What every client task shares: the configuration snapshot, the pools, the cancel keys,
+//! the client caps, the refusal counters and the shutdown signal. Passed in explicitly;
+//! nothing in pgwarden reads a global.
 
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
 use crate::cancel::CancelRegistry;
+use crate::client::admission::Admission;
 use crate::config::Config;
 use crate::pool::Pools;
+use crate::refusals::Refusals;
 
 #[derive(Clone)]
 pub struct Context {
     pub config: Arc<Config>,
     pub pools: Pools,
     pub cancels: CancelRegistry,
+    /// Clients counted against the per-identity client caps.
+    pub admission: Arc<Admission>,
+    pub refusals: Arc<Refusals>,
     /// Cancelled when pgwarden starts shutting down: clients leave at their next idle point.
     pub shutdown: CancellationToken,
+}
+
+impl Context {
+    pub fn new(config: Arc<Config>, shutdown: CancellationToken) -> Context {
+        let refusals = Arc::new(Refusals::default());
+        Context {
+            pools: Pools::new(config.max_server_conn, refusals.clone()),
+            cancels: CancelRegistry::new(config.cancel_wait_timeout),
+            admission: Arc::default(),
+            refusals,
+            shutdown,
+            config,
+        }
+    }
 }

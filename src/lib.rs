@@ -8,14 +8,17 @@
 //! - [`listener`]: binds TCP and Unix sockets, admits clients (client caps), one task each.
 //! - [`protocol`]: tags, header-only framing, startup classification, errors we send.
 //! - [`auth`]: client authentication (trust, password, md5, SCRAM) and secret storage.
-//! - [`client`]: one client session: handshake, login, the relay loop.
+//! - [`client`]: one client session: handshake, login (with the per-identity client
+//!   caps), the relay loop.
 //! - [`server`]: one backend connection: connect, log in, parameters, reset.
-//! - [`pool`]: a pool per (database, user) with a checkout guard; the wait queue.
+//! - [`pool`]: a pool per (database, user) with a checkout guard; the budget (server caps
+//!   across pools) and the fair queue (who of the waiting clients is served next).
 //! - [`prepared`]: named prepared statements that follow a client from server to server.
 //! - [`cancel`]: proxy-issued cancel keys mapped to the server a client uses now.
 //! - [`shutdown`]: signals and draining.
 //! - [`stream`]: TCP and Unix sockets behind one type.
 //! - [`context`]: what every client task shares.
+//! - [`refusals`]: counts of refusals by cap.
 
 pub mod auth;
 pub mod cancel;
@@ -27,6 +30,7 @@ pub mod listener;
 pub mod pool;
 pub mod prepared;
 pub mod protocol;
+pub mod refusals;
 pub mod server;
 pub mod shutdown;
 pub mod stream;

@@ -14,12 +14,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::cancel::CancelRegistry;
 use crate::client;
 use crate::config::Config;
 use crate::context::Context;
-use crate::pool::Pools;
 use crate::protocol::PgError;
+use crate::refusals::Cap;
 use crate::stream::Stream;
 
 /// Pause after a failed accept (e.g. out of file descriptors) so the loop does not spin.
@@ -46,12 +45,14 @@ pub async fn run(
     config: Arc<Config>,
     shutdown: CancellationToken,
 ) -> io::Result<()> {
-    let ctx = Context {
-        config: config.clone(),
-        pools: Pools::default(),
-        cancels: CancelRegistry::default(),
-        shutdown: shutdown.clone(),
-    };
+    serve(listeners, Context::new(config, shutdown)).await
+}
+
+/// [`run`] with a context made by the caller, who can then watch its pools and counters
+/// (tests, and later the admin console).
+pub async fn serve(listeners: Vec<TcpListener>, ctx: Context) -> io::Result<()> {
+    let config = ctx.config.clone();
+    let shutdown = ctx.shutdown.clone();
     let tasks = TaskTracker::new();
     let admission = Arc::new(Semaphore::new(config.max_client_conn));
     let port = listeners
@@ -180,6 +181,7 @@ fn admit(
         }
         Err(_) => {
             let max = ctx.config.max_client_conn;
+            ctx.refusals.count(Cap::MaxClientConn);
             warn!(peer = ?peer, max_client_conn = max, "client refused: max_client_conn reached");
             tasks.spawn(async move {
                 let _ = stream

@@ -1,19 +1,22 @@
-//! Login: route the database, authenticate the client, get it a server with its session
-//! parameters applied, and tell the client it is in.
+//! Login: route the database, authenticate the client, admit it under the per-identity
+//! client caps, get it a server with its session parameters applied, and tell the client
+//! it is in.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 
 use bytes::BytesMut;
 use pgwire::messages::startup::Authentication;
 use tokio::io::AsyncWriteExt;
 
+use super::admission::{Client, Slots};
 use super::handshake::Startup;
 use super::ClientError;
 use crate::auth::{self, Secret};
 use crate::cancel::CancelHandle;
 use crate::config::{Config, Database, User};
 use crate::context::Context;
-use crate::pool::{Pool, PoolKey, PoolSettings, PooledServer};
+use crate::pool::{ClientId, Pool, PoolKey, PoolSettings, PooledServer};
 use crate::protocol::{messages, PgError, TransactionStatus};
 use crate::server::params::client_parameters;
 use crate::server::{Credential, ServerError, ServerTarget};
@@ -28,14 +31,19 @@ pub struct Session {
     pub cancel: CancelHandle,
     /// The session settings the client asked for, applied to every server it gets.
     pub wanted: Vec<(String, String)>,
+    /// Who the fair queue serves this client as.
+    pub who: ClientId,
 }
 
+/// Logs a client in; the [`Slots`] it gets hold its places under the per-identity client
+/// caps until dropped (they are taken only once it has authenticated).
 pub async fn login(
     stream: &mut Stream,
     buf: &mut BytesMut,
     ctx: &Context,
     startup: &Startup,
-) -> Result<Session, ClientError> {
+    peer: Option<SocketAddr>,
+) -> Result<(Session, Slots), ClientError> {
     let config = &ctx.config;
     let route = route(config, &startup.database)?;
     let user = config.users.get(&startup.user);
@@ -51,6 +59,18 @@ pub async fn login(
     .await?;
     let wanted = client_parameters(&startup.params)
         .map_err(|e| ClientError::Refused(PgError::fatal(INVALID_PARAMETER_VALUE, e)))?;
+    let client = Client {
+        user: &startup.user,
+        database: &startup.database,
+        application: (startup.params.iter())
+            .find(|(k, _)| k == "application_name")
+            .map_or("", |(_, v)| v.as_str()),
+        peer,
+    };
+    let slots = (ctx.admission)
+        .admit(config, route, user, &client, &ctx.refusals)
+        .map_err(ClientError::Refused)?;
+    let who = client.identity(config);
 
     let key = PoolKey {
         database: startup.database.clone(),
@@ -61,15 +81,17 @@ pub async fn login(
         .get_or_create(key, || pool_spec(config, route, user, startup));
     let reported = match pool.login_params() {
         Some(cached) => overlay(&cached, &wanted),
-        None => first_login_params(&pool, &wanted).await?,
+        None => first_login_params(&pool, &wanted, &who).await?,
     };
     let cancel = ctx.cancels.register();
     stream.write_all(&login_ok(&reported, &cancel)).await?;
-    Ok(Session {
+    let session = Session {
         pool,
         cancel,
         wanted,
-    })
+        who,
+    };
+    Ok((session, slots))
 }
 
 /// The parameters a client is told at login, from a pool that has none cached yet: a real
@@ -78,8 +100,9 @@ pub async fn login(
 async fn first_login_params(
     pool: &Pool,
     wanted: &[(String, String)],
+    who: &ClientId,
 ) -> Result<BTreeMap<String, String>, ClientError> {
-    let mut server = pool.checkout().await?;
+    let mut server = pool.checkout(who).await?;
     if let Err(err) = apply_parameters(&mut server, wanted).await {
         let clean = matches!(err, ServerError::Query { .. });
         server.release(clean).await;
@@ -145,6 +168,16 @@ fn pool_spec(
             .or(route.pool_size)
             .unwrap_or(config.pool_size),
         min_size: route.min_pool_size.unwrap_or(config.min_pool_size),
+        reserve_size: route.reserve_pool_size.unwrap_or(config.reserve_pool_size),
+        reserve_timeout: config.reserve_pool_timeout,
+        per_client: config.max_server_conn_per_client,
+        wait_notify: config.query_wait_notify,
+        login_retry: config.server_login_retry,
+        check_delay: config.server_check_delay,
+        check_query: config.server_check_query.clone(),
+        max_db_connections: (route.max_db_connections).unwrap_or(config.max_db_connections),
+        max_user_connections: (user.and_then(|u| u.max_user_connections))
+            .unwrap_or(config.max_user_connections),
         mode: user
             .and_then(|u| u.pool_mode)
             .or(route.pool_mode)

@@ -2,6 +2,7 @@
 //! refusal, cancel requests), [`login`] (routing, authentication, a server, parameters),
 //! then [`relay`] (the session loop), and finally the server's return to its pool.
 
+pub mod admission;
 mod handshake;
 mod login;
 pub(crate) mod pump;
@@ -70,6 +71,7 @@ impl ClientError {
 /// Log lines carry the peer as a field rather than through a span: a span would be entered
 /// and left on every poll of the relay, a cost paid per message for the sake of four lines.
 pub async fn serve(mut stream: Stream, peer: Option<SocketAddr>, ctx: Context) {
+    let peer_addr = peer;
     let peer = peer.map_or_else(|| "unix".to_owned(), |p| p.to_string());
     let mut buf = BytesMut::new();
     let login_timeout = ctx.config.client_login_timeout;
@@ -90,9 +92,10 @@ pub async fn serve(mut stream: Stream, peer: Option<SocketAddr>, ctx: Context) {
     };
     let user = startup.user.clone();
     info!(%peer, user = %startup.user, database = %startup.database, "client connected");
-    let login = login::login(&mut stream, &mut buf, &ctx, &startup);
-    let session = match Box::pin(handshake::with_deadline(login_timeout, login)).await {
-        Ok(session) => session,
+    let login = login::login(&mut stream, &mut buf, &ctx, &startup, peer_addr);
+    // The client's places under the per-identity caps, held until it leaves.
+    let (session, _slots) = match Box::pin(handshake::with_deadline(login_timeout, login)).await {
+        Ok(logged_in) => logged_in,
         Err(err) => {
             info!(%peer, user = %user, cause = %err, "client refused");
             return Box::pin(refuse(&mut stream, &err, &user)).await;
@@ -123,12 +126,7 @@ mod tests {
     #[tokio::test]
     async fn a_client_task_stays_small() {
         let config = crate::config::from_toml("[databases.\"*\"]\nhost = \"127.0.0.1\"\n").unwrap();
-        let ctx = crate::context::Context {
-            config: std::sync::Arc::new(config),
-            pools: Default::default(),
-            cancels: Default::default(),
-            shutdown: Default::default(),
-        };
+        let ctx = crate::context::Context::new(std::sync::Arc::new(config), Default::default());
         let (socket, _peer) = tokio::net::UnixStream::pair().unwrap();
         let client = super::serve(crate::stream::Stream::Unix(socket), None, ctx);
         let size = size_of_future(&client);

@@ -23,7 +23,7 @@ use super::relay::{End, Link, Step};
 use crate::cancel::{CancelHandle, CancelTarget};
 use crate::config::PoolMode;
 use crate::context::Context;
-use crate::pool::{Pool, PooledServer};
+use crate::pool::{ClientId, Pool, PooledServer};
 use crate::protocol::errors::Severity;
 use crate::protocol::{messages, sqlstate, PgError, TransactionStatus};
 use crate::stream::Stream;
@@ -33,6 +33,7 @@ pub async fn run(client: &Stream, client_buf: BytesMut, session: Session, ctx: &
         pool,
         cancel,
         mut wanted,
+        who,
     } = session;
     // What RESET returns to, as on Postgres: the values the client connected with.
     let startup = wanted.clone();
@@ -52,6 +53,7 @@ pub async fn run(client: &Stream, client_buf: BytesMut, session: Session, ctx: &
         let mut attached = Attached {
             client,
             pool: &pool,
+            who: &who,
             cancel: &cancel,
             link: &mut link,
             ctx,
@@ -68,6 +70,7 @@ pub async fn run(client: &Stream, client_buf: BytesMut, session: Session, ctx: &
 struct Attached<'a> {
     client: &'a Stream,
     pool: &'a Pool,
+    who: &'a ClientId,
     cancel: &'a CancelHandle,
     link: &'a mut Link,
     ctx: &'a Context,
@@ -82,7 +85,7 @@ impl Attached<'_> {
         wanted: &mut Vec<(String, String)>,
         startup: &[(String, String)],
     ) -> Option<End> {
-        let mut server = match attach(self.pool, self.link, wanted, self.cancel).await {
+        let mut server = match attach(self, wanted).await {
             Ok(server) => server,
             Err(end) => return Some(end),
         };
@@ -220,14 +223,24 @@ async fn refuse_transaction_block(
 }
 
 /// Gets a server for the client's next transaction and gives it the client's settings.
+/// A client still queued after `query_wait_notify` is told so with a NOTICE.
 async fn attach(
-    pool: &Pool,
-    link: &mut Link,
+    attached: &mut Attached<'_>,
     wanted: &[(String, String)],
-    cancel: &CancelHandle,
 ) -> Result<PooledServer, End> {
+    let Attached {
+        client,
+        pool,
+        who,
+        cancel,
+        ..
+    } = *attached;
+    let link = &mut *attached.link;
+    let notify = |text: String| async move {
+        let _ = client.write_all_ready(&PgError::notice(text)).await;
+    };
     let mut server = pool
-        .checkout()
+        .checkout_notify(who, notify)
         .await
         .map_err(|e| End::Refused(e.to_client_error()))?;
     if let Some(sql) = server.params.sync_query(wanted) {

@@ -10,14 +10,14 @@ use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 
 use crate::cli::Cli;
-use crate::config::{AuthType, PoolMode};
+use crate::config::{AuthType, ClientIdentity, PoolMode};
 
 /// Every default in one place. They protect the database (small pools, bounded waits) without
 /// surprising a new user (local listen address, session pooling, SCRAM).
 pub mod defaults {
     use std::time::Duration;
 
-    use crate::config::{AuthType, PoolMode};
+    use crate::config::{AuthType, ClientIdentity, PoolMode};
 
     pub const LISTEN: &str = "127.0.0.1:6432";
     pub const AUTH_TYPE: AuthType = AuthType::ScramSha256;
@@ -26,6 +26,19 @@ pub mod defaults {
     pub const POOL_SIZE: usize = 20;
     pub const MIN_POOL_SIZE: usize = 0;
     pub const MAX_CLIENT_CONN: usize = 1000;
+    /// The per-identity client caps and the cross-pool server caps are off by default, as
+    /// in PgBouncer: `pool_size` and `max_client_conn` already bound a new installation.
+    pub const UNLIMITED: usize = 0;
+    pub const CLIENT_ADDR_PREFIX_V4: u8 = 32;
+    pub const CLIENT_ADDR_PREFIX_V6: u8 = 128;
+    pub const CLIENT_IDENTITY: ClientIdentity = ClientIdentity::Application;
+    pub const RESERVE_POOL_SIZE: usize = 0;
+    pub const RESERVE_POOL_TIMEOUT: Duration = Duration::from_secs(5);
+    pub const QUERY_WAIT_NOTIFY: Duration = Duration::ZERO;
+    pub const SERVER_LOGIN_RETRY: Duration = Duration::from_secs(1);
+    pub const SERVER_CHECK_DELAY: Duration = Duration::from_secs(30);
+    pub const SERVER_CHECK_QUERY: &str = "SELECT 1";
+    pub const CANCEL_WAIT_TIMEOUT: Duration = Duration::from_secs(5);
     pub const SERVER_RESET_QUERY: &str = "DISCARD ALL";
     pub const SERVER_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
     pub const SERVER_LIFETIME: Duration = Duration::from_secs(3600);
@@ -59,6 +72,29 @@ pub struct FileConfig {
     pub pool_size: Option<usize>,
     pub min_pool_size: Option<usize>,
     pub max_client_conn: Option<usize>,
+    pub max_client_conn_per_user: Option<usize>,
+    pub max_client_conn_per_database: Option<usize>,
+    pub max_client_conn_per_addr: Option<usize>,
+    pub max_client_conn_per_app: Option<usize>,
+    pub client_addr_prefix_v4: Option<u8>,
+    pub client_addr_prefix_v6: Option<u8>,
+    pub client_identity: Option<ClientIdentity>,
+    pub reserve_pool_size: Option<usize>,
+    #[serde(default, deserialize_with = "duration_text")]
+    pub reserve_pool_timeout: Option<String>,
+    pub max_db_connections: Option<usize>,
+    pub max_user_connections: Option<usize>,
+    pub max_server_conn: Option<usize>,
+    pub max_server_conn_per_client: Option<usize>,
+    #[serde(default, deserialize_with = "duration_text")]
+    pub query_wait_notify: Option<String>,
+    #[serde(default, deserialize_with = "duration_text")]
+    pub server_login_retry: Option<String>,
+    #[serde(default, deserialize_with = "duration_text")]
+    pub server_check_delay: Option<String>,
+    pub server_check_query: Option<String>,
+    #[serde(default, deserialize_with = "duration_text")]
+    pub cancel_wait_timeout: Option<String>,
     pub server_reset_query: Option<String>,
     #[serde(default, deserialize_with = "duration_text")]
     pub server_idle_timeout: Option<String>,
@@ -94,6 +130,9 @@ pub struct FileDatabase {
     pub pool_size: Option<usize>,
     pub min_pool_size: Option<usize>,
     pub pool_mode: Option<PoolMode>,
+    pub reserve_pool_size: Option<usize>,
+    pub max_db_connections: Option<usize>,
+    pub max_client_conn_per_database: Option<usize>,
 }
 
 /// One `[users.NAME]` entry.
@@ -104,6 +143,8 @@ pub struct FileUser {
     pub password: Option<String>,
     pub pool_size: Option<usize>,
     pub pool_mode: Option<PoolMode>,
+    pub max_user_connections: Option<usize>,
+    pub max_client_conn_per_user: Option<usize>,
 }
 
 impl FileConfig {
@@ -132,6 +173,39 @@ impl FileConfig {
             pool_size: over(&cli.pool_size, self.pool_size),
             min_pool_size: over(&cli.min_pool_size, self.min_pool_size),
             max_client_conn: over(&cli.max_client_conn, self.max_client_conn),
+            max_client_conn_per_user: over(
+                &cli.max_client_conn_per_user,
+                self.max_client_conn_per_user,
+            ),
+            max_client_conn_per_database: over(
+                &cli.max_client_conn_per_database,
+                self.max_client_conn_per_database,
+            ),
+            max_client_conn_per_addr: over(
+                &cli.max_client_conn_per_addr,
+                self.max_client_conn_per_addr,
+            ),
+            max_client_conn_per_app: over(
+                &cli.max_client_conn_per_app,
+                self.max_client_conn_per_app,
+            ),
+            client_addr_prefix_v4: over(&cli.client_addr_prefix_v4, self.client_addr_prefix_v4),
+            client_addr_prefix_v6: over(&cli.client_addr_prefix_v6, self.client_addr_prefix_v6),
+            client_identity: over(&cli.client_identity, self.client_identity),
+            reserve_pool_size: over(&cli.reserve_pool_size, self.reserve_pool_size),
+            reserve_pool_timeout: over(&cli.reserve_pool_timeout, self.reserve_pool_timeout),
+            max_db_connections: over(&cli.max_db_connections, self.max_db_connections),
+            max_user_connections: over(&cli.max_user_connections, self.max_user_connections),
+            max_server_conn: over(&cli.max_server_conn, self.max_server_conn),
+            max_server_conn_per_client: over(
+                &cli.max_server_conn_per_client,
+                self.max_server_conn_per_client,
+            ),
+            query_wait_notify: over(&cli.query_wait_notify, self.query_wait_notify),
+            server_login_retry: over(&cli.server_login_retry, self.server_login_retry),
+            server_check_delay: over(&cli.server_check_delay, self.server_check_delay),
+            server_check_query: over(&cli.server_check_query, self.server_check_query),
+            cancel_wait_timeout: over(&cli.cancel_wait_timeout, self.cancel_wait_timeout),
             server_reset_query: over(&cli.server_reset_query, self.server_reset_query),
             server_idle_timeout: over(&cli.server_idle_timeout, self.server_idle_timeout),
             server_lifetime: over(&cli.server_lifetime, self.server_lifetime),

@@ -43,6 +43,19 @@ pub enum AuthType {
     ScramSha256,
 }
 
+/// What makes clients "the same" for fair queueing and `max_server_conn_per_client`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientIdentity {
+    /// The client's `application_name`, or its user when it sets none.
+    Application,
+    /// The user the client logged in as.
+    User,
+    /// The client's IP address (grouped by `client_addr_prefix_v4`/`_v6`); Unix-socket
+    /// clients are one identity.
+    Address,
+}
+
 /// A user pgwarden knows: how clients authenticate as it, and how pgwarden logs in for it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct User {
@@ -50,6 +63,10 @@ pub struct User {
     pub secret: Option<Secret>,
     pub pool_size: Option<usize>,
     pub pool_mode: Option<PoolMode>,
+    /// Overrides the top-level `max_user_connections` for this user.
+    pub max_user_connections: Option<usize>,
+    /// Overrides the top-level `max_client_conn_per_user` for this user.
+    pub max_client_conn_per_user: Option<usize>,
 }
 
 /// Where a client-visible database name leads.
@@ -67,6 +84,11 @@ pub struct Database {
     pub pool_size: Option<usize>,
     pub min_pool_size: Option<usize>,
     pub pool_mode: Option<PoolMode>,
+    pub reserve_pool_size: Option<usize>,
+    /// Overrides the top-level `max_db_connections` for this database name.
+    pub max_db_connections: Option<usize>,
+    /// Overrides the top-level `max_client_conn_per_database` for this database name.
+    pub max_client_conn_per_database: Option<usize>,
 }
 
 /// Everything pgwarden runs with. Durations of zero mean "disabled" where noted.
@@ -87,6 +109,36 @@ pub struct Config {
     pub pool_size: usize,
     pub min_pool_size: usize,
     pub max_client_conn: usize,
+    /// Client connections per user, database, source address and `application_name`
+    /// (zero: unlimited). Checked once the client has authenticated.
+    pub max_client_conn_per_user: usize,
+    pub max_client_conn_per_database: usize,
+    pub max_client_conn_per_addr: usize,
+    pub max_client_conn_per_app: usize,
+    /// Source addresses sharing this many leading bits count as one for
+    /// `max_client_conn_per_addr` (and for `client_identity = "address"`).
+    pub client_addr_prefix_v4: u8,
+    pub client_addr_prefix_v6: u8,
+    pub client_identity: ClientIdentity,
+    /// Extra servers a pool may open for clients that waited `reserve_pool_timeout`.
+    pub reserve_pool_size: usize,
+    pub reserve_pool_timeout: Duration,
+    /// Backend connections per database name, per user, in total, and held by one client
+    /// identity in one pool (zero: unlimited).
+    pub max_db_connections: usize,
+    pub max_user_connections: usize,
+    pub max_server_conn: usize,
+    pub max_server_conn_per_client: usize,
+    /// Tell a waiting client it is queued after this long (zero: never).
+    pub query_wait_notify: Duration,
+    /// After a failed server connect or login, wait this long before the pool tries again.
+    pub server_login_retry: Duration,
+    /// Test a server idle longer than this with `server_check_query` before handing it out.
+    pub server_check_delay: Duration,
+    /// Empty: servers are not tested.
+    pub server_check_query: String,
+    /// How long a forwarded cancel request may take before it is given up.
+    pub cancel_wait_timeout: Duration,
     /// Run on a server before another client gets it; empty for none.
     pub server_reset_query: String,
     /// Close servers idle longer than this (zero: never).

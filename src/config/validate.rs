@@ -169,6 +169,27 @@ fn top_level(check: &mut Checker, merged: &FileConfig) -> Config {
         pool_size: merged.pool_size.unwrap_or(defaults::POOL_SIZE),
         min_pool_size: merged.min_pool_size.unwrap_or(defaults::MIN_POOL_SIZE),
         max_client_conn: merged.max_client_conn.unwrap_or(defaults::MAX_CLIENT_CONN),
+        max_client_conn_per_user: cap(merged.max_client_conn_per_user),
+        max_client_conn_per_database: cap(merged.max_client_conn_per_database),
+        max_client_conn_per_addr: cap(merged.max_client_conn_per_addr),
+        max_client_conn_per_app: cap(merged.max_client_conn_per_app),
+        client_addr_prefix_v4: (merged.client_addr_prefix_v4)
+            .unwrap_or(defaults::CLIENT_ADDR_PREFIX_V4),
+        client_addr_prefix_v6: (merged.client_addr_prefix_v6)
+            .unwrap_or(defaults::CLIENT_ADDR_PREFIX_V6),
+        client_identity: merged.client_identity.unwrap_or(defaults::CLIENT_IDENTITY),
+        reserve_pool_size: (merged.reserve_pool_size).unwrap_or(defaults::RESERVE_POOL_SIZE),
+        reserve_pool_timeout: duration!(reserve_pool_timeout, RESERVE_POOL_TIMEOUT),
+        max_db_connections: cap(merged.max_db_connections),
+        max_user_connections: cap(merged.max_user_connections),
+        max_server_conn: cap(merged.max_server_conn),
+        max_server_conn_per_client: cap(merged.max_server_conn_per_client),
+        query_wait_notify: duration!(query_wait_notify, QUERY_WAIT_NOTIFY),
+        server_login_retry: duration!(server_login_retry, SERVER_LOGIN_RETRY),
+        server_check_delay: duration!(server_check_delay, SERVER_CHECK_DELAY),
+        server_check_query: (merged.server_check_query.clone())
+            .unwrap_or_else(|| defaults::SERVER_CHECK_QUERY.to_owned()),
+        cancel_wait_timeout: duration!(cancel_wait_timeout, CANCEL_WAIT_TIMEOUT),
         server_reset_query: (merged.server_reset_query.clone())
             .unwrap_or_else(|| defaults::SERVER_RESET_QUERY.to_owned()),
         server_idle_timeout: duration!(server_idle_timeout, SERVER_IDLE_TIMEOUT),
@@ -185,6 +206,11 @@ fn top_level(check: &mut Checker, merged: &FileConfig) -> Config {
     };
     check.limits(&config);
     config
+}
+
+/// A cap that is off unless given (zero: unlimited).
+fn cap(value: Option<usize>) -> usize {
+    value.unwrap_or(defaults::UNLIMITED)
 }
 
 /// Collects problems while the checks go on; each check returns a usable value regardless.
@@ -214,9 +240,18 @@ impl Checker {
         self.min_pool_size("min_pool_size", config.min_pool_size, config.pool_size);
         self.at_least("max_client_conn", config.max_client_conn, 1);
         self.at_least("workers", config.workers, 1);
-        if config.server_connect_timeout.is_zero() {
-            self.error("server_connect_timeout", "must be more than 0");
+        for (key, value) in [
+            ("server_connect_timeout", config.server_connect_timeout),
+            ("cancel_wait_timeout", config.cancel_wait_timeout),
+            // Zero would let a pool whose server pushes back retry in a tight loop.
+            ("server_login_retry", config.server_login_retry),
+        ] {
+            if value.is_zero() {
+                self.error(key, "must be more than 0");
+            }
         }
+        self.at_most("client_addr_prefix_v4", config.client_addr_prefix_v4, 32);
+        self.at_most("client_addr_prefix_v6", config.client_addr_prefix_v6, 128);
         self.at_least(
             "max_packet_size",
             config.max_packet_size,
@@ -227,6 +262,12 @@ impl Checker {
     fn at_least<T: PartialOrd + fmt::Display>(&mut self, key: &str, value: T, min: T) {
         if value < min {
             self.error(key, format!("must be at least {min}, not {value}"));
+        }
+    }
+
+    fn at_most<T: PartialOrd + fmt::Display>(&mut self, key: &str, value: T, max: T) {
+        if value > max {
+            self.error(key, format!("must be at most {max}, not {value}"));
         }
     }
 
@@ -350,6 +391,9 @@ impl Checker {
             pool_size: entry.pool_size,
             min_pool_size: entry.min_pool_size,
             pool_mode: entry.pool_mode,
+            reserve_pool_size: entry.reserve_pool_size,
+            max_db_connections: entry.max_db_connections,
+            max_client_conn_per_database: entry.max_client_conn_per_database,
         }
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::{debug, warn};
 
-use super::Pool;
+use super::{ClientId, Pool};
 use crate::server::ServerConn;
 
 /// A server checked out of a pool. [`PooledServer::release`] resets a clean server and
@@ -16,13 +16,17 @@ use crate::server::ServerConn;
 pub struct PooledServer {
     server: Option<ServerConn>,
     pool: Pool,
+    /// The client identity holding it, when the pool counts holdings
+    /// (`max_server_conn_per_client`); `None` otherwise, so no clone on the hot path.
+    who: Option<ClientId>,
 }
 
 impl PooledServer {
-    pub(super) fn new(server: ServerConn, pool: Pool) -> Self {
+    pub(super) fn new(server: ServerConn, pool: Pool, who: Option<ClientId>) -> Self {
         PooledServer {
             server: Some(server),
             pool,
+            who,
         }
     }
 
@@ -34,8 +38,11 @@ impl PooledServer {
         };
         if !clean {
             abandon(&mut server).await;
-            self.pool
-                .discard(server, "client left it mid-transaction or mid-request");
+            self.pool.discard(
+                server,
+                "client left it mid-transaction or mid-request",
+                self.who.as_ref(),
+            );
             return;
         }
         let settings = self.pool.settings();
@@ -45,12 +52,15 @@ impl PooledServer {
         )
         .await;
         match reset {
-            Ok(Ok(())) => self.pool.checkin(server),
+            Ok(Ok(())) => self.pool.checkin(server, self.who.as_ref()),
             Ok(Err(err)) => {
                 debug!(cause = %err, "reset failed");
-                self.pool.discard(server, "reset query failed");
+                self.pool
+                    .discard(server, "reset query failed", self.who.as_ref());
             }
-            Err(_) => self.pool.discard(server, "reset query timed out"),
+            Err(_) => self
+                .pool
+                .discard(server, "reset query timed out", self.who.as_ref()),
         }
     }
 
@@ -58,14 +68,14 @@ impl PooledServer {
     /// next client's settings are applied on checkout.
     pub fn checkin_idle(mut self) {
         if let Some(server) = self.server.take() {
-            self.pool.checkin(server);
+            self.pool.checkin(server, self.who.as_ref());
         }
     }
 
     /// Closes the server: it is broken or its state cannot be trusted.
     pub fn close(mut self, reason: &str) {
         if let Some(server) = self.server.take() {
-            self.pool.discard(server, reason);
+            self.pool.discard(server, reason, self.who.as_ref());
         }
     }
 }
@@ -78,7 +88,12 @@ const ABANDON_WAIT: Duration = Duration::from_secs(5);
 /// already reused, exceeding `pool_size` for as long as the query runs. So: cancel the
 /// query, ask the backend to exit, and wait (bounded) until it has.
 async fn abandon(server: &mut ServerConn) {
-    crate::cancel::send(&server.target, server.key).await;
+    if !crate::cancel::send(&server.target, server.key, ABANDON_WAIT).await {
+        warn!(
+            server_id = server.id,
+            "cancel of an abandoned request not confirmed"
+        );
+    }
     let mut out = bytes::BytesMut::new();
     crate::protocol::messages::terminate(&mut out);
     let gone = async {
@@ -116,7 +131,7 @@ impl DerefMut for PooledServer {
 impl Drop for PooledServer {
     fn drop(&mut self) {
         if let Some(server) = self.server.take() {
-            self.pool.discard(server, "dropped without release");
+            (self.pool).discard(server, "dropped without release", self.who.as_ref());
         }
     }
 }

@@ -1,5 +1,6 @@
 //! Per-pool housekeeping: close servers idle past `server_idle_timeout` or older than
-//! `server_lifetime`, and keep `min_pool_size` connections open.
+//! `server_lifetime`, and keep `min_pool_size` connections open (within the budget, and
+//! not while logins are failing).
 
 use std::time::{Duration, Instant};
 
@@ -27,47 +28,70 @@ pub(super) async fn run(pool: Pool) {
 fn close_expired(pool: &Pool) {
     let settings = &pool.0.settings;
     let now = Instant::now();
-    let mut state = pool.state();
-    let mut keep = Vec::with_capacity(state.idle.len());
-    // Oldest-used first, so the servers closed for idleness are the longest idle.
-    let idle = std::mem::take(&mut state.idle);
-    let mut open = state.open;
-    for server in idle {
-        let idle_too_long = !settings.idle_timeout.is_zero()
-            && now.duration_since(server.last_used) >= settings.idle_timeout
-            && open > settings.min_size;
-        let reason = pool
-            .unusable(&server, now)
-            .or(idle_too_long.then_some("server_idle_timeout reached"));
-        match reason {
-            Some(reason) => {
-                open -= 1;
-                info!(pool = %pool.0.name, server_id = server.id, reason, "server closed");
+    let mut closed = 0;
+    {
+        let mut state = pool.state();
+        let mut keep = Vec::with_capacity(state.idle.len());
+        // Oldest-used first, so the servers closed for idleness are the longest idle.
+        let idle = std::mem::take(&mut state.idle);
+        let mut open = state.open;
+        for server in idle {
+            let idle_too_long = !settings.idle_timeout.is_zero()
+                && now.duration_since(server.last_used) >= settings.idle_timeout
+                && open > settings.min_size;
+            let reason = pool
+                .unusable(&server, now)
+                .or(idle_too_long.then_some("server_idle_timeout reached"));
+            match reason {
+                Some(reason) => {
+                    open -= 1;
+                    closed += 1;
+                    info!(pool = %pool.0.name, server_id = server.id, reason, "server closed");
+                }
+                None => keep.push(server),
             }
-            None => keep.push(server),
         }
+        state.open = open;
+        state.idle = keep;
     }
-    state.open = open;
-    state.idle = keep;
+    let mut starved = false;
+    for _ in 0..closed {
+        starved |= pool.0.budget.close(&pool.0.account);
+    }
+    if starved {
+        pool.0.budget.wake();
+    }
+}
+
+/// Slots for the connections `min_pool_size` still wants, as far as the budget allows.
+fn min_slots(pool: &Pool) -> usize {
+    let mut state = pool.state();
+    let backing_off = (state.login.retry_at).is_some_and(|at| at > Instant::now());
+    if backing_off {
+        return 0;
+    }
+    let mut slots = 0;
+    while state.open < pool.0.settings.min_size && pool.0.budget.open(&pool.0.account, None).is_ok()
+    {
+        state.open += 1;
+        slots += 1;
+    }
+    slots
 }
 
 async fn fill_to_minimum(pool: &Pool) {
-    let missing = {
-        let mut state = pool.state();
-        let missing = pool.0.settings.min_size.saturating_sub(state.open);
-        state.open += missing;
-        missing
-    };
-    for _ in 0..missing {
+    for _ in 0..min_slots(pool) {
         match server::connect(pool.0.target.clone(), pool.0.settings.connect_timeout).await {
             Ok(server) => {
                 info!(pool = %pool.0.name, server_id = server.id, reason = "min_pool_size", "server connected");
                 pool.remember_login_params(&server);
-                pool.checkin(server);
+                pool.login_succeeded();
+                pool.checkin(server, None);
             }
             Err(err) => {
                 warn!(pool = %pool.0.name, cause = %err, "could not open a server for min_pool_size");
-                pool.release_slot();
+                pool.login_failed(&err);
+                pool.release_slot(None);
             }
         }
     }

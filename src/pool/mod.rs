@@ -3,13 +3,20 @@
 //! A pool hands out servers as [`PooledServer`] guards. Its counter `open` covers every
 //! backend connection it is responsible for (idle, checked out, or being opened), so
 //! `pool_size` holds by construction: a slot is taken before a connection is opened and
-//! given back only when that connection is gone. Waiters queue FIFO and are handed a server
-//! (or a slot to open one) directly by whoever frees it.
+//! given back only when that connection is gone. The caps that span pools are the
+//! [`budget`]'s; who of the waiting clients is served next is the [`queue`]'s.
+//!
+//! - [`checkout`]: getting a server (fast path, waiting, opening, checking).
+//! - [`dispatch`]: giving servers and slots back and handing them to waiters.
 
+mod budget;
+mod checkout;
+mod dispatch;
 mod guard;
 mod maintenance;
+mod queue;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -18,35 +25,52 @@ use dashmap::DashMap;
 use thiserror::Error;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
 
 use crate::config::PoolMode;
 use crate::protocol::{sqlstate, PgError};
-use crate::server::{self, ServerConn, ServerError, ServerTarget};
+use crate::refusals::Refusals;
+use crate::server::{ServerConn, ServerError, ServerTarget};
 
+pub use budget::{Account, Budget, BudgetCap};
 pub use guard::PooledServer;
+pub use queue::ClientId;
 
 /// The limits and timings of one pool, resolved from global, database and user settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PoolSettings {
     pub size: usize,
     pub min_size: usize,
+    /// Servers opened beyond `size` for clients that waited `reserve_timeout`.
+    pub reserve_size: usize,
+    pub reserve_timeout: Duration,
+    /// Servers one client identity may hold at once (zero: unlimited).
+    pub per_client: usize,
     pub mode: PoolMode,
     pub reset_query: String,
     pub idle_timeout: Duration,
     pub lifetime: Duration,
     pub connect_timeout: Duration,
     pub wait_timeout: Duration,
+    /// When a waiting client is told it is queued (zero: never).
+    pub wait_notify: Duration,
+    pub login_retry: Duration,
+    pub check_delay: Duration,
+    /// Empty: idle servers are handed out untested.
+    pub check_query: String,
+    pub max_db_connections: usize,
+    pub max_user_connections: usize,
 }
 
 /// Why a client got no server.
 #[derive(Debug, Error)]
 pub enum CheckoutError {
-    #[error("no server connection for pool \"{pool}\" became free within query_wait_timeout = {timeout:?} (pool_size = {size})")]
+    #[error("{who} got no server connection from pool \"{pool}\" within query_wait_timeout = {} ({cause})", crate::config::duration::format(*timeout))]
     WaitTimeout {
         pool: String,
+        who: ClientId,
         timeout: Duration,
-        size: usize,
+        /// The cap or condition the client was waiting on, with its value.
+        cause: String,
     },
     #[error("pool \"{0}\" is shutting down")]
     Closed(String),
@@ -66,7 +90,8 @@ impl CheckoutError {
     }
 }
 
-/// What a waiter is handed: a ready server, or a slot under `pool_size` to open one with.
+/// What a waiter is handed: a ready server, or a slot (counted in `open` and the budget)
+/// to open one with.
 // A grant only lives for one hand-off through a oneshot; boxing the server would cost an
 // allocation per hand-off to save bytes nobody keeps.
 #[allow(clippy::large_enum_variant)]
@@ -75,19 +100,46 @@ enum Grant {
     Slot,
 }
 
+/// One queued client: where its grant goes, and since when it waits (for the reserve).
+struct Waiting {
+    tx: oneshot::Sender<Grant>,
+    since: Instant,
+}
+
+/// The state of logging in to the server: after a failure the pool backs off
+/// (`server_login_retry`) and then tries one connection at a time until one succeeds.
+#[derive(Default)]
+struct LoginState {
+    /// The last failure, while logins are failing.
+    failing: Option<String>,
+    /// No new connection before this.
+    retry_at: Option<Instant>,
+    /// A task will serve the waiters at `retry_at`.
+    timer_armed: bool,
+}
+
 #[derive(Default)]
 struct PoolState {
     /// Idle servers, most recently used last (reused first, so the rest can expire).
     idle: Vec<ServerConn>,
     /// Backend connections this pool answers for: idle + checked out + being opened.
     open: usize,
-    waiters: VecDeque<oneshot::Sender<Grant>>,
+    queue: queue::FairQueue<Waiting>,
+    next_waiter: u64,
+    /// Servers (and slots) each identity holds; kept only with `max_server_conn_per_client`.
+    held: HashMap<ClientId, usize>,
+    login: LoginState,
+    /// The budget cap that last stopped a connection from opening, until one opens.
+    budget_blocked: Option<BudgetCap>,
 }
 
-struct PoolShared {
+pub(crate) struct PoolShared {
     name: String,
     target: Arc<ServerTarget>,
     settings: PoolSettings,
+    account: Account,
+    budget: Arc<Budget>,
+    refusals: Arc<Refusals>,
     state: Mutex<PoolState>,
     closed: CancellationToken,
     /// Clients pinned to their server (transaction mode, unmovable session state).
@@ -101,26 +153,17 @@ struct PoolShared {
 #[derive(Clone)]
 pub struct Pool(Arc<PoolShared>);
 
-impl Pool {
-    fn new(
-        name: String,
-        target: ServerTarget,
-        settings: PoolSettings,
-        closed: CancellationToken,
-    ) -> Pool {
-        let pool = Pool(Arc::new(PoolShared {
-            name,
-            target: Arc::new(target),
-            settings,
-            state: Mutex::new(PoolState::default()),
-            closed,
-            pinned: AtomicUsize::new(0),
-            login_params: Mutex::new(None),
-        }));
-        tokio::spawn(maintenance::run(pool.clone()));
-        pool
-    }
+/// A pool's counts at one moment, for tests, logs and (later) metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolStats {
+    pub open: usize,
+    pub idle: usize,
+    pub waiting: usize,
+    /// Servers held by clients under `max_server_conn_per_client` accounting.
+    pub held: usize,
+}
 
+impl Pool {
     pub fn name(&self) -> &str {
         &self.0.name
     }
@@ -135,6 +178,16 @@ impl Pool {
             .state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn stats(&self) -> PoolStats {
+        let state = self.state();
+        PoolStats {
+            open: state.open,
+            idle: state.idle.len(),
+            waiting: state.queue.len(),
+            held: state.held.values().sum(),
+        }
     }
 
     /// Counts a client as pinned for as long as the returned guard lives.
@@ -166,137 +219,6 @@ impl Pool {
     pub fn pinned_clients(&self) -> usize {
         self.0.pinned.load(Ordering::Relaxed)
     }
-
-    /// Gets a server: an idle one, a new one if under `pool_size`, or the next one freed,
-    /// waiting at most `query_wait_timeout`.
-    pub async fn checkout(&self) -> Result<PooledServer, CheckoutError> {
-        if self.0.closed.is_cancelled() {
-            return Err(CheckoutError::Closed(self.0.name.clone()));
-        }
-        let rx = {
-            let mut state = self.state();
-            if let Some(server) = self.take_idle(&mut state) {
-                return Ok(PooledServer::new(server, self.clone()));
-            }
-            if state.open < self.0.settings.size {
-                state.open += 1;
-                None
-            } else {
-                let (tx, rx) = oneshot::channel();
-                state.waiters.push_back(tx);
-                Some(rx)
-            }
-        };
-        match rx {
-            None => self.open_server().await,
-            Some(rx) => self.wait(rx).await,
-        }
-    }
-
-    /// Pops the most recently used idle server that is still usable, closing dead or
-    /// over-age ones on the way.
-    fn take_idle(&self, state: &mut PoolState) -> Option<ServerConn> {
-        while let Some(server) = state.idle.pop() {
-            if let Some(reason) = self.unusable(&server, Instant::now()) {
-                state.open -= 1;
-                info!(pool = %self.0.name, server_id = server.id, reason, "server closed");
-                continue;
-            }
-            return Some(server);
-        }
-        None
-    }
-
-    /// Why an idle server must not be handed out, if it must not.
-    fn unusable(&self, server: &ServerConn, now: Instant) -> Option<&'static str> {
-        let lifetime = self.0.settings.lifetime;
-        if !lifetime.is_zero() && now.duration_since(server.created) >= lifetime {
-            return Some("server_lifetime reached");
-        }
-        if server.stream.has_pending_input() {
-            return Some("server closed the connection or sent data while idle");
-        }
-        None
-    }
-
-    async fn wait(&self, rx: oneshot::Receiver<Grant>) -> Result<PooledServer, CheckoutError> {
-        let mut waiter = Waiter {
-            rx,
-            pool: self.clone(),
-        };
-        let timeout = self.0.settings.wait_timeout;
-        let grant = if timeout.is_zero() {
-            (&mut waiter.rx).await.ok()
-        } else {
-            match tokio::time::timeout(timeout, &mut waiter.rx).await {
-                Ok(grant) => grant.ok(),
-                Err(_) => {
-                    return Err(CheckoutError::WaitTimeout {
-                        pool: self.0.name.clone(),
-                        timeout,
-                        size: self.0.settings.size,
-                    })
-                }
-            }
-        };
-        match grant {
-            Some(Grant::Server(server)) => Ok(PooledServer::new(server, self.clone())),
-            Some(Grant::Slot) => self.open_server().await,
-            None => Err(CheckoutError::Closed(self.0.name.clone())),
-        }
-    }
-
-    /// Opens a backend connection in a slot already counted in `open`.
-    async fn open_server(&self) -> Result<PooledServer, CheckoutError> {
-        match server::connect(self.0.target.clone(), self.0.settings.connect_timeout).await {
-            Ok(server) => {
-                info!(pool = %self.0.name, server_id = server.id, addr = %self.0.target.addr_label(), "server connected");
-                self.remember_login_params(&server);
-                Ok(PooledServer::new(server, self.clone()))
-            }
-            Err(err) => {
-                warn!(pool = %self.0.name, cause = %err, "server connection failed");
-                self.release_slot();
-                Err(err.into())
-            }
-        }
-    }
-
-    /// Returns a clean, idle server: straight to the longest waiter, or to the idle list.
-    fn checkin(&self, mut server: ServerConn) {
-        server.last_used = Instant::now();
-        let mut state = self.state();
-        while let Some(waiter) = state.waiters.pop_front() {
-            match waiter.send(Grant::Server(server)) {
-                Ok(()) => return,
-                Err(Grant::Server(back)) => server = back,
-                Err(Grant::Slot) => unreachable!("send returns what it was given"),
-            }
-        }
-        if self.0.closed.is_cancelled() {
-            state.open -= 1;
-            return;
-        }
-        state.idle.push(server);
-    }
-
-    /// Gives up one counted connection (closed or never opened), passing the slot to a waiter.
-    fn release_slot(&self) {
-        let mut state = self.state();
-        while let Some(waiter) = state.waiters.pop_front() {
-            if waiter.send(Grant::Slot).is_ok() {
-                return;
-            }
-        }
-        state.open -= 1;
-    }
-
-    /// Closes a server that must not be reused.
-    fn discard(&self, server: ServerConn, reason: &str) {
-        info!(pool = %self.0.name, server_id = server.id, reason, "server closed");
-        drop(server);
-        self.release_slot();
-    }
 }
 
 /// A pinned client's mark on its pool; dropped when the client leaves.
@@ -308,24 +230,6 @@ impl Drop for PinGuard {
     }
 }
 
-/// A place in a pool's queue. Dropping it (timeout, cancelled task) gives back anything
-/// that was handed to it in the meantime, so no server or slot is ever lost.
-struct Waiter {
-    rx: oneshot::Receiver<Grant>,
-    pool: Pool,
-}
-
-impl Drop for Waiter {
-    fn drop(&mut self) {
-        self.rx.close();
-        match self.rx.try_recv() {
-            Ok(Grant::Server(server)) => self.pool.checkin(server),
-            Ok(Grant::Slot) => self.pool.release_slot(),
-            Err(_) => {}
-        }
-    }
-}
-
 /// Identifies a pool: the database name the client asked for and the client's user.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PoolKey {
@@ -333,14 +237,25 @@ pub struct PoolKey {
     pub user: String,
 }
 
-/// All pools of the process.
-#[derive(Clone, Default)]
+/// All pools of the process, and the budget they share.
+#[derive(Clone)]
 pub struct Pools {
     map: Arc<DashMap<PoolKey, Pool>>,
+    budget: Arc<Budget>,
+    refusals: Arc<Refusals>,
     closed: CancellationToken,
 }
 
 impl Pools {
+    pub fn new(max_server_conn: usize, refusals: Arc<Refusals>) -> Pools {
+        Pools {
+            map: Arc::default(),
+            budget: Arc::new(Budget::new(max_server_conn)),
+            refusals,
+            closed: CancellationToken::new(),
+        }
+    }
+
     /// The pool for `key`, created with `make` on first use.
     pub fn get_or_create(
         &self,
@@ -350,31 +265,59 @@ impl Pools {
         if let Some(pool) = self.map.get(&key) {
             return pool.clone();
         }
-        self.map
+        let mut created = None;
+        let pool = self
+            .map
             .entry(key.clone())
             .or_insert_with(|| {
                 let (target, settings) = make();
-                Pool::new(
-                    format!("{}/{}", key.database, key.user),
-                    target,
-                    settings,
-                    self.closed.child_token(),
-                )
+                let pool = self.new_pool(&key, target, settings);
+                created = Some(pool.clone());
+                pool
             })
-            .clone()
+            .clone();
+        if let Some(pool) = created {
+            self.budget.join(&pool);
+            tokio::spawn(maintenance::run(pool));
+        }
+        pool
+    }
+
+    fn new_pool(&self, key: &PoolKey, target: ServerTarget, settings: PoolSettings) -> Pool {
+        let account = Account {
+            database: key.database.as_str().into(),
+            user: key.user.as_str().into(),
+            max_db_connections: settings.max_db_connections,
+            max_user_connections: settings.max_user_connections,
+        };
+        Pool(Arc::new(PoolShared {
+            name: format!("{}/{}", key.database, key.user),
+            target: Arc::new(target),
+            settings,
+            account,
+            budget: self.budget.clone(),
+            refusals: self.refusals.clone(),
+            state: Mutex::new(PoolState::default()),
+            closed: self.closed.child_token(),
+            pinned: AtomicUsize::new(0),
+            login_params: Mutex::new(None),
+        }))
     }
 
     pub fn all(&self) -> Vec<Pool> {
         self.map.iter().map(|e| e.value().clone()).collect()
     }
 
+    /// Backend connections open or opening, all pools together.
+    pub fn server_connections(&self) -> usize {
+        self.budget.total()
+    }
+
     /// Stops maintenance and closes every idle server; servers in use close when returned.
     pub fn close(&self) {
         self.closed.cancel();
         for pool in self.all() {
-            let mut state = pool.state();
-            state.open -= state.idle.len();
-            state.idle.clear();
+            pool.close_idle();
         }
     }
 }

@@ -6,7 +6,7 @@ use std::borrow::Cow;
 
 use bytes::BytesMut;
 use pgwire::error::ErrorInfo;
-use pgwire::messages::response::ErrorResponse;
+use pgwire::messages::response::{ErrorResponse, NoticeResponse};
 use pgwire::messages::Message;
 
 /// SQLSTATE codes pgwarden reports.
@@ -103,6 +103,18 @@ impl PgError {
         // 'V' is the untranslated severity that libpq and drivers prefer to 'S'.
         fields.insert(1, (b'V', severity.to_owned()));
         fields
+    }
+
+    /// A NoticeResponse (severity NOTICE, SQLSTATE 00000) carrying `message`: something
+    /// pgwarden tells a client without failing anything, such as that it is queued.
+    pub fn notice(message: String) -> BytesMut {
+        let info = ErrorInfo::new("NOTICE".to_owned(), "00000".to_owned(), message);
+        let mut fields = ErrorResponse::from(info).fields;
+        fields.insert(1, (b'V', "NOTICE".to_owned()));
+        let mut buf = BytesMut::new();
+        // As for errors: encoding into a BytesMut cannot fail short of 1 GB.
+        let _ = NoticeResponse::new(fields).encode(&mut buf);
+        buf
     }
 
     // ---- the named refusals ----

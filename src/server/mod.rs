@@ -58,7 +58,17 @@ pub enum ServerError {
     Io(#[from] std::io::Error),
 }
 
+/// SQLSTATEs with which Postgres refuses a login for now, not for good: too many
+/// connections, and "the database system is starting up / shutting down".
+const BACKPRESSURE: [&str; 2] = [sqlstate::TOO_MANY_CONNECTIONS, "57P03"];
+
 impl ServerError {
+    /// The server refused a login for lack of room (or while starting up): waiting and
+    /// retrying later will work, so clients should keep waiting rather than fail.
+    pub fn is_backpressure(&self) -> bool {
+        matches!(self, ServerError::Refused { code, .. } if BACKPRESSURE.contains(&code.as_str()))
+    }
+
     /// The error a client sees when its login or session fails because of the server.
     pub fn to_client_error(&self) -> PgError {
         match self {

@@ -15,6 +15,8 @@ use super::{describe, encode, try_connect_tcp};
 pub struct Proxy {
     pub addr: SocketAddr,
     pub shutdown: CancellationToken,
+    /// What the proxy's client tasks share: its pools, client caps and refusal counters.
+    pub ctx: pgwarden::context::Context,
     /// `None` once [`Proxy::stop`] has taken it.
     handle: Option<JoinHandle<std::io::Result<()>>>,
 }
@@ -30,10 +32,12 @@ pub async fn start_proxy(toml: &str) -> Proxy {
         .expect("bind 127.0.0.1:0");
     let addr = listener.local_addr().expect("listener address");
     let shutdown = CancellationToken::new();
-    let run = pgwarden::run(vec![listener], Arc::new(config), shutdown.clone());
+    let ctx = pgwarden::context::Context::new(Arc::new(config), shutdown.clone());
+    let run = pgwarden::listener::serve(vec![listener], ctx.clone());
     Proxy {
         addr,
         shutdown,
+        ctx,
         handle: Some(tokio::spawn(run)),
     }
 }

@@ -105,6 +105,9 @@ pub fn parse_upstream(text: &str) -> Result<Upstream, String> {
         pool_size: None,
         min_pool_size: None,
         pool_mode: None,
+        reserve_pool_size: None,
+        max_db_connections: None,
+        max_client_conn_per_database: None,
     };
     Ok(Upstream { route, user })
 }

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use super::*;
 use crate::auth::secret::Secret;
-use crate::config::{AuthType, PoolMode};
+use crate::config::{AuthType, ClientIdentity, PoolMode};
 
 const ROUTE: &str = "[databases.\"*\"]\n";
 
@@ -362,5 +362,78 @@ fn a_broken_file_does_not_hide_bad_flags() {
     assert!(
         !no_route,
         "no route is a consequence, not a problem: {errors}"
+    );
+}
+
+#[test]
+fn caps_default_to_unlimited_and_can_be_set_globally_and_per_entry() {
+    let config = from_toml(ROUTE).unwrap();
+    assert_eq!(
+        (
+            config.max_client_conn_per_user,
+            config.max_client_conn_per_app
+        ),
+        (0, 0)
+    );
+    assert_eq!((config.max_db_connections, config.max_server_conn), (0, 0));
+    assert_eq!(config.client_identity, ClientIdentity::Application);
+    assert_eq!(
+        (config.client_addr_prefix_v4, config.client_addr_prefix_v6),
+        (32, 128)
+    );
+    assert_eq!(config.server_check_query, "SELECT 1");
+    assert_eq!(config.cancel_wait_timeout, Duration::from_secs(5));
+
+    let config = from_toml(
+        "max_client_conn_per_addr = 3\nclient_addr_prefix_v4 = 24\nclient_identity = \"user\"\n\
+         max_db_connections = 12\nreserve_pool_size = 2\nreserve_pool_timeout = \"250ms\"\n\
+         query_wait_notify = 1\nserver_login_retry = \"100ms\"\n\
+         [databases.app]\nmax_db_connections = 4\nreserve_pool_size = 1\n\
+         max_client_conn_per_database = 9\n\
+         [users.bob]\npassword = \"x\"\nmax_user_connections = 3\nmax_client_conn_per_user = 7\n",
+    )
+    .unwrap();
+    assert_eq!(config.max_client_conn_per_addr, 3);
+    assert_eq!(config.client_addr_prefix_v4, 24);
+    assert_eq!(config.client_identity, ClientIdentity::User);
+    assert_eq!(config.max_db_connections, 12);
+    assert_eq!(config.reserve_pool_timeout, Duration::from_millis(250));
+    assert_eq!(config.query_wait_notify, Duration::from_secs(1));
+    assert_eq!(config.server_login_retry, Duration::from_millis(100));
+    let app = &config.databases["app"];
+    assert_eq!(
+        (
+            app.max_db_connections,
+            app.reserve_pool_size,
+            app.max_client_conn_per_database
+        ),
+        (Some(4), Some(1), Some(9))
+    );
+    let bob = &config.users["bob"];
+    assert_eq!(
+        (bob.max_user_connections, bob.max_client_conn_per_user),
+        (Some(3), Some(7))
+    );
+}
+
+#[test]
+fn cap_settings_out_of_range_are_reported_by_key() {
+    let errors = errors_of(&format!(
+        "client_addr_prefix_v4 = 33\nclient_addr_prefix_v6 = 129\ncancel_wait_timeout = 0\n\
+         query_wait_notify = \"soon\"\n{ROUTE}"
+    ));
+    assert_eq!(
+        keys(&errors),
+        [
+            "query_wait_notify",
+            "cancel_wait_timeout",
+            "client_addr_prefix_v4",
+            "client_addr_prefix_v6"
+        ]
+    );
+    let bad_identity = FileConfig::parse("client_identity = \"host\"").unwrap_err();
+    assert!(
+        bad_identity.message().contains("application"),
+        "{bad_identity}"
     );
 }

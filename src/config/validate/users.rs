@@ -70,6 +70,8 @@ impl Checker {
                 secret,
                 pool_size: entry.pool_size,
                 pool_mode: entry.pool_mode,
+                max_user_connections: entry.max_user_connections,
+                max_client_conn_per_user: entry.max_client_conn_per_user,
             };
             users.insert(name.clone(), user);
         }
@@ -93,5 +95,7 @@ fn user_entry(users: &mut HashMap<String, User>, name: String) -> &mut User {
         secret: None,
         pool_size: None,
         pool_mode: None,
+        max_user_connections: None,
+        max_client_conn_per_user: None,
     })
 }

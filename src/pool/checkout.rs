@@ -1,0 +1,239 @@
+//! Getting a server: the fast path (an idle server and nobody waiting: a lock and a pop),
+//! else a place in the fair queue until a server or a slot to open one is handed over,
+//! within `query_wait_timeout`; then opening the connection or testing the idle one.
+
+use std::future::Future;
+use std::time::Instant;
+
+use tokio::sync::oneshot;
+use tracing::{info, warn};
+
+use super::{CheckoutError, ClientId, Grant, Pool, PooledServer, Waiting};
+use crate::refusals::Cap;
+use crate::server::{self, ServerConn};
+
+/// How a checkout starts: with an idle server at once, or queued.
+enum Entry {
+    Ready(ServerConn),
+    Queued(Waiter),
+}
+
+impl Pool {
+    /// Gets a server for client `who`: an idle one, a new one if the caps allow, or the
+    /// next one freed, waiting at most `query_wait_timeout`.
+    pub async fn checkout(&self, who: &ClientId) -> Result<PooledServer, CheckoutError> {
+        self.checkout_notify(who, |_| async {}).await
+    }
+
+    /// [`Pool::checkout`], calling `notify` with a description of the client's place in the
+    /// queue once it has waited `query_wait_notify` (if set).
+    pub async fn checkout_notify<F, Fut>(
+        &self,
+        who: &ClientId,
+        mut notify: F,
+    ) -> Result<PooledServer, CheckoutError>
+    where
+        F: FnMut(String) -> Fut,
+        Fut: Future<Output = ()>,
+    {
+        let settings = &self.0.settings;
+        let started = tokio::time::Instant::now();
+        let deadline = (!settings.wait_timeout.is_zero()).then(|| started + settings.wait_timeout);
+        let mut notify_at =
+            (!settings.wait_notify.is_zero()).then(|| started + settings.wait_notify);
+        loop {
+            if self.0.closed.is_cancelled() {
+                return Err(CheckoutError::Closed(self.0.name.clone()));
+            }
+            let grant = match self.enter(who) {
+                Entry::Ready(server) => Grant::Server(server),
+                Entry::Queued(mut waiter) => {
+                    let wait = self.wait(&mut waiter, deadline, &mut notify_at, &mut notify);
+                    wait.await?
+                }
+            };
+            let ready = match grant {
+                Grant::Server(server) => self.ready(server, who).await,
+                Grant::Slot => self.open_server(who).await?,
+            };
+            if let Some(server) = ready {
+                return Ok(server);
+            }
+        }
+    }
+
+    /// Takes an idle server if nobody waits and `who` may hold one more; else queues `who`
+    /// and hands out whatever the caps allow right away (possibly to `who` itself).
+    fn enter(&self, who: &ClientId) -> Entry {
+        let mut state = self.state();
+        if state.queue.is_empty() && self.may_hold(&state.held, who) {
+            if let Some(server) = state.idle.pop() {
+                self.hold(&mut state.held, Some(who));
+                return Entry::Ready(server);
+            }
+        }
+        let (tx, rx) = oneshot::channel();
+        state.next_waiter += 1;
+        let id = state.next_waiter;
+        let since = Instant::now();
+        state.queue.push(who, id, Waiting { tx, since });
+        let blocked = self.dispatch(&mut state);
+        drop(state);
+        self.after_dispatch(blocked);
+        Entry::Queued(Waiter {
+            rx,
+            id,
+            who: who.clone(),
+            pool: self.clone(),
+            done: false,
+        })
+    }
+
+    /// Waits for a grant until `deadline`; on the way, wakes the pool when the reserve
+    /// becomes due for this waiter and tells the client it is queued at `notify_at`.
+    async fn wait<F, Fut>(
+        &self,
+        waiter: &mut Waiter,
+        deadline: Option<tokio::time::Instant>,
+        notify_at: &mut Option<tokio::time::Instant>,
+        notify: &mut F,
+    ) -> Result<Grant, CheckoutError>
+    where
+        F: FnMut(String) -> Fut,
+        Fut: Future<Output = ()>,
+    {
+        let settings = &self.0.settings;
+        let mut reserve_at = (settings.reserve_size > 0)
+            .then(|| tokio::time::Instant::now() + settings.reserve_timeout);
+        let far = || tokio::time::Instant::now() + std::time::Duration::from_secs(86_400);
+        loop {
+            tokio::select! {
+                grant = &mut waiter.rx => {
+                    waiter.done = true;
+                    return grant.map_err(|_| CheckoutError::Closed(self.0.name.clone()));
+                }
+                _ = tokio::time::sleep_until(deadline.unwrap_or_else(far)), if deadline.is_some() => {
+                    return Err(self.wait_timeout(&waiter.who));
+                }
+                _ = tokio::time::sleep_until(reserve_at.unwrap_or_else(far)), if reserve_at.is_some() => {
+                    reserve_at = None;
+                    self.serve_waiters();
+                }
+                _ = tokio::time::sleep_until(notify_at.unwrap_or_else(far)), if notify_at.is_some() => {
+                    *notify_at = None;
+                    if let Some(text) = self.queued_notice(&waiter.who, waiter.id) {
+                        notify(text).await;
+                    }
+                }
+            }
+        }
+    }
+
+    fn wait_timeout(&self, who: &ClientId) -> CheckoutError {
+        self.0.refusals.count(Cap::QueryWaitTimeout);
+        let cause = self.waiting_on(&self.state(), who);
+        warn!(pool = %self.0.name, client = %who, cause, "query_wait_timeout reached");
+        CheckoutError::WaitTimeout {
+            pool: self.0.name.clone(),
+            who: who.clone(),
+            timeout: self.0.settings.wait_timeout,
+            cause,
+        }
+    }
+
+    /// Wraps a server from the idle list for `who`, after closing it instead if it died,
+    /// aged out, or fails `server_check_query` having been idle `server_check_delay`.
+    /// `None`: it was closed, try again.
+    async fn ready(&self, server: ServerConn, who: &ClientId) -> Option<PooledServer> {
+        let settings = &self.0.settings;
+        let now = Instant::now();
+        let check = !settings.check_query.is_empty()
+            && now.duration_since(server.last_used) >= settings.check_delay;
+        let mut guard = PooledServer::new(server, self.clone(), self.holder(who));
+        if let Some(reason) = self.unusable(&guard, now) {
+            guard.close(reason);
+            return None;
+        }
+        if check {
+            let checked =
+                tokio::time::timeout(settings.connect_timeout, guard.exec(&settings.check_query))
+                    .await;
+            if !matches!(checked, Ok(Ok(()))) {
+                guard.close("server_check_query failed");
+                return None;
+            }
+        }
+        Some(guard)
+    }
+
+    /// Why an idle server must not be handed out, if it must not.
+    pub(super) fn unusable(&self, server: &ServerConn, now: Instant) -> Option<&'static str> {
+        let lifetime = self.0.settings.lifetime;
+        if !lifetime.is_zero() && now.duration_since(server.created) >= lifetime {
+            return Some("server_lifetime reached");
+        }
+        if server.stream.has_pending_input() {
+            return Some("server closed the connection or sent data while idle");
+        }
+        None
+    }
+
+    /// Opens a backend connection in a slot already counted in `open` and the budget.
+    /// `Ok(None)`: the server pushed back (too many connections, starting up); the client
+    /// waits on while the pool backs off.
+    async fn open_server(&self, who: &ClientId) -> Result<Option<PooledServer>, CheckoutError> {
+        let settings = &self.0.settings;
+        match server::connect(self.0.target.clone(), settings.connect_timeout).await {
+            Ok(server) => {
+                info!(pool = %self.0.name, server_id = server.id, addr = %self.0.target.addr_label(), "server connected");
+                self.remember_login_params(&server);
+                self.login_succeeded();
+                Ok(Some(PooledServer::new(
+                    server,
+                    self.clone(),
+                    self.holder(who),
+                )))
+            }
+            Err(err) => {
+                warn!(pool = %self.0.name, cause = %err, "server connection failed");
+                self.login_failed(&err);
+                self.release_slot(self.holder(who).as_ref());
+                match err.is_backpressure() {
+                    true => Ok(None),
+                    false => Err(err.into()),
+                }
+            }
+        }
+    }
+
+    /// `who`, when the pool counts what each identity holds.
+    pub(super) fn holder(&self, who: &ClientId) -> Option<ClientId> {
+        (self.0.settings.per_client > 0).then(|| who.clone())
+    }
+}
+
+/// A place in a pool's queue. Dropping it (timeout, cancelled task) leaves the queue and
+/// gives back anything handed to it in the meantime, so no server or slot is ever lost.
+struct Waiter {
+    rx: oneshot::Receiver<Grant>,
+    id: u64,
+    who: ClientId,
+    pool: Pool,
+    /// The grant was received: nothing to give back or leave.
+    done: bool,
+}
+
+impl Drop for Waiter {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        self.rx.close();
+        let holder = self.pool.holder(&self.who);
+        match self.rx.try_recv() {
+            Ok(Grant::Server(server)) => self.pool.checkin(server, holder.as_ref()),
+            Ok(Grant::Slot) => self.pool.release_slot(holder.as_ref()),
+            Err(_) => self.pool.leave_queue(&self.who, self.id),
+        }
+    }
+}

@@ -1,0 +1,72 @@
+//! Counts of refusals by the cap that caused them: one atomic counter per cap, bumped where
+//! the refusal is built, read by tests today and by the metrics exporter later.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A cap (or timeout) that can refuse a client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cap {
+    MaxClientConn,
+    MaxClientConnPerUser,
+    MaxClientConnPerDatabase,
+    MaxClientConnPerAddr,
+    MaxClientConnPerApp,
+    /// A client waited `query_wait_timeout` for a server without getting one.
+    QueryWaitTimeout,
+}
+
+impl Cap {
+    pub const ALL: [Cap; 6] = [
+        Cap::MaxClientConn,
+        Cap::MaxClientConnPerUser,
+        Cap::MaxClientConnPerDatabase,
+        Cap::MaxClientConnPerAddr,
+        Cap::MaxClientConnPerApp,
+        Cap::QueryWaitTimeout,
+    ];
+
+    /// The configuration key, as the refusal message and the metrics name it.
+    pub fn key(self) -> &'static str {
+        match self {
+            Cap::MaxClientConn => "max_client_conn",
+            Cap::MaxClientConnPerUser => "max_client_conn_per_user",
+            Cap::MaxClientConnPerDatabase => "max_client_conn_per_database",
+            Cap::MaxClientConnPerAddr => "max_client_conn_per_addr",
+            Cap::MaxClientConnPerApp => "max_client_conn_per_app",
+            Cap::QueryWaitTimeout => "query_wait_timeout",
+        }
+    }
+}
+
+/// Refusals since start, by cap. Relaxed atomics: the counts are statistics, ordered with
+/// nothing else.
+#[derive(Debug, Default)]
+pub struct Refusals {
+    counts: [AtomicU64; Cap::ALL.len()],
+}
+
+impl Refusals {
+    pub fn count(&self, cap: Cap) {
+        self.counts[cap as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn get(&self, cap: Cap) -> u64 {
+        self.counts[cap as usize].load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_cap_has_its_own_counter() {
+        let refusals = Refusals::default();
+        refusals.count(Cap::MaxClientConnPerApp);
+        refusals.count(Cap::MaxClientConnPerApp);
+        refusals.count(Cap::QueryWaitTimeout);
+        let counts: Vec<u64> = Cap::ALL.iter().map(|c| refusals.get(*c)).collect();
+        assert_eq!(counts, [0, 0, 0, 0, 2, 1]);
+        assert!(Cap::ALL.iter().enumerate().all(|(i, c)| *c as usize == i));
+    }
+}
