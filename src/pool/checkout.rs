@@ -13,6 +13,9 @@ use crate::refusals::Cap;
 use crate::server::{self, ServerConn};
 
 /// How a checkout starts: with an idle server at once, or queued.
+// Lives on the stack for one step of a checkout; boxing the server would cost the fast
+// path an allocation.
+#[allow(clippy::large_enum_variant)]
 enum Entry {
     Ready(ServerConn),
     Queued(Waiter),
