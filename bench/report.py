@@ -5,7 +5,8 @@ them into bench/README.md between its marker pairs, keeping the rest of the file
     report.py RUNS_CSV IDLE_CSV META_FILE README [CHART_PNG]
 
 RUNS_CSV: round,phase,target,clients,mode,status,tps,latency_ms,transactions,connection_ms,
-          cpu_us_per_tx,rss_kib (phase: session or transaction, the proxies' pool mode)
+          cpu_us_per_tx,rss_kib,error (phase: session or transaction, the proxies' pool mode;
+          error: a failed run's first error line from pgbench)
 IDLE_CSV: target,pool_mode,status,clients,rss_before_kib,rss_after_kib
 META_FILE: "key: value" lines printed above the tables.
 CHART_PNG: referenced from the transaction-mode section if the file exists.
@@ -29,12 +30,26 @@ def median(rows, key, digits):
     return f"{statistics.median(values):,.{digits}f}" if values else "–"
 
 
+def failure(row):
+    """What a failed run's TPS cell says: the status, a known cause, pgbench's first error."""
+    error = (row.get("error") or "").strip()
+    if row["status"] != "failed":
+        text = row["status"]
+    elif "prepared statement" in error and ("does not exist" in error or "already exists" in error):
+        text = "fails (no prepared statements in transaction mode)"
+    else:
+        text = "fails"
+    if error:
+        text += ": `" + error.replace("`", "'").replace("|", "\\|") + "`"
+    return text
+
+
 def row_cells(mine):
     """TPS, latency, CPU/tx, RSS and runs-ok cells for the runs of one table row."""
     ok = [r for r in mine if r["status"] == "ok"]
     if not ok:
         runs = "–" if mine[0]["status"].startswith("n/a") else f"0/{len(mine)}"
-        return [mine[0]["status"], "–", "–", "–", "–", runs]
+        return [failure(mine[0]), "–", "–", "–", "–", runs]
     # RSS from the first round only: runs go up in client count within a round, so that is
     # the memory after serving at most this many clients. Later rounds would add what the
     # instance kept from earlier, larger runs (a 10-client run after a 1,000-client one).
@@ -74,12 +89,42 @@ def transaction_table(rows):
     lines = ["| clients | protocol | target | " + HEADER, "| ---: | --- | --- |" + ALIGN]
     clients = sorted({int(r["clients"]) for r in rows})
     modes = [m for m in ("simple", "extended", "prepared") if any(r["mode"] == m for r in rows)]
-    for mode in modes:
-        for n in clients:
+    for n in clients:
+        for mode in modes:
             for target in TARGETS:
                 mine = [r for r in rows if r["target"] == target and r["mode"] == mode and int(r["clients"]) == n]
                 if mine:
                     lines.append(f"| {n} | {mode} | {target} | " + " | ".join(row_cells(mine)) + " |")
+    return lines
+
+
+def tps_summary(rows):
+    """Transaction-mode TPS by client count: each proxy's protocols side by side, and
+    pgwarden's prepared over extended (its statement rewriting against re-parsing)."""
+    rows = [r for r in rows if r["phase"] == "transaction"]
+    modes = [m for m in ("simple", "extended", "prepared") if any(r["mode"] == m for r in rows)]
+    if "prepared" not in modes or "extended" not in modes:
+        return []
+    proxies = [t for t in ("pgwarden", "pgbouncer") if any(r["target"] == t for r in rows)]
+    head = ["clients"] + [f"{t} {m}" for t in proxies for m in modes] + ["pgwarden prepared / extended"]
+    lines = ["| " + " | ".join(head) + " |", "|" + " ---: |" * len(head)]
+
+    def tps(target, mode, n):
+        mine = [r for r in rows if r["target"] == target and r["mode"] == mode and int(r["clients"]) == n]
+        ok = [float(r["tps"]) for r in mine if r["status"] == "ok" and r["tps"]]
+        if ok:
+            return statistics.median(ok)
+        return "fails" if mine else None
+
+    for n in sorted({int(r["clients"]) for r in rows}):
+        cells = [str(n)]
+        for t in proxies:
+            for m in modes:
+                v = tps(t, m, n)
+                cells.append("–" if v is None else v if isinstance(v, str) else f"{v:,.0f}")
+        ext, prep = tps("pgwarden", "extended", n), tps("pgwarden", "prepared", n)
+        ratio = f"{prep / ext:.2f}×" if isinstance(ext, float) and isinstance(prep, float) else "–"
+        lines.append("| " + " | ".join(cells + [ratio]) + " |")
     return lines
 
 
@@ -123,7 +168,11 @@ def main():
     main_block = [f"- {line}" for line in meta] + [""]
     main_block += ["Session mode (`pgbench -S`, median of rounds):", ""] + session_table(runs)
 
-    tx_block = ["Transaction mode (`pgbench -S`, median of rounds):", ""] + transaction_table(runs)
+    tx_block = ["Transaction mode (`pgbench -S`, median of rounds):", ""]
+    summary = tps_summary(runs)
+    if summary:
+        tx_block += ["TPS by protocol (details below):", ""] + summary + [""]
+    tx_block += transaction_table(runs)
     if chart and os.path.exists(chart):
         rel = os.path.relpath(chart, os.path.dirname(os.path.abspath(readme)))
         tx_block += ["", f"![TPS and proxy CPU per transaction by client count, transaction mode]({rel})"]

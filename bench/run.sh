@@ -11,8 +11,10 @@
 # Then, alternating targets within each round (the order rotates between rounds):
 #
 #   1. session mode: `pgbench -S` with -M simple, extended and prepared at CLIENTS clients;
-#   2. transaction mode: `pgbench -S` with -M simple and extended at each of TX_CLIENTS
-#      (direct PostgreSQL only where the client count fits its max_connections).
+#   2. transaction mode: `pgbench -S` with -M simple, extended and prepared at each of
+#      TX_CLIENTS (direct PostgreSQL only where the client count fits its max_connections).
+#      PgBouncer 1.18 has no prepared statements in transaction mode: its -M prepared runs
+#      fail, and are recorded as failed with the first error pgbench printed.
 #
 # Each run records TPS (without initial connection time), average latency, the proxy's CPU
 # time per transaction and its RSS. Then fresh proxy instances, one per proxy and pool mode,
@@ -72,183 +74,25 @@ ROOT="$(cd "$BENCH_DIR/.." && pwd)"
 PGWARDEN_BIN=${PGWARDEN_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/pgwarden}
 README=${README:-$BENCH_DIR/README.md}
 SESSION_MODES=(simple extended prepared)
-TX_MODES=(simple extended)
+TX_MODES=(simple extended prepared)
 TARGETS=(direct pgwarden pgbouncer)
 PROXIES=(pgwarden pgbouncer)
 POOL_MODES=(session transaction)
 
-log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-
-is_root() { [ "$(id -u)" -eq 0 ]; }
-# initdb, postgres and pgbouncer refuse to run as root.
-as_postgres() { if is_root; then runuser -u postgres -- "$@"; else "$@"; fi; }
-
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
-WORK="$(mktemp -d "${TMPDIR:-/tmp}/pgwarden-bench.XXXXXX")"
-is_root && chown postgres: "$WORK"
-PIDS=()
-cleanup() {
-    local pid
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-    if [ -f "$WORK/data/postmaster.pid" ]; then
-        as_postgres "$PG_BIN/pg_ctl" -D "$WORK/data" -m immediate stop >/dev/null 2>&1 || true
-    fi
-    if [ "${KEEP_WORKDIR:-0}" = 1 ]; then log "logs kept in $WORK"; else rm -rf "$WORK"; fi
-}
-# Drops pid $1 from PIDS once it has been waited for, so cleanup never signals a reused pid.
-forget_pid() {
-    local pid keep=()
-    for pid in "${PIDS[@]}"; do [ "$pid" = "$1" ] || keep+=("$pid"); done
-    PIDS=("${keep[@]}")
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-# ---------------------------------------------------------------- setup
-
-build_pgwarden() {
-    if [ "${SKIP_BUILD:-0}" != 1 ]; then
-        log "building pgwarden (cargo build --release)"
-        (cd "$ROOT" && cargo build --release) >"$WORK/build.log" 2>&1 || {
-            log "pgwarden build failed (tail of $WORK/build.log):"; tail -n 20 "$WORK/build.log" >&2; return 1
-        }
-    fi
-    [ -x "$PGWARDEN_BIN" ] || { log "no pgwarden binary at $PGWARDEN_BIN"; return 1; }
-    # Others may rebuild target/ while this runs: every instance runs this copy. What the
-    # work tree held when it was copied goes into the README.
-    cp "$PGWARDEN_BIN" "$WORK/pgwarden"
-    BUILT_FROM=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo "none")
-    local dirty
-    dirty=$(git -C "$ROOT" status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null | awk '{ print $2 }' | paste -sd ' ' -)
-    [ -z "$dirty" ] || BUILT_FROM+=" plus uncommitted changes to $dirty"
-    PGWARDEN_BIN="$WORK/pgwarden"
-}
-
-install_pgbouncer() {
-    command -v pgbouncer >/dev/null && return 0
-    log "installing PgBouncer (apt-get)"
-    local sudo=""; is_root || sudo=sudo
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get update -q >/dev/null &&
-        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q pgbouncer >/dev/null
-}
-
-start_postgres() {
-    PGPORT_=$(free_port)
-    log "starting PostgreSQL on 127.0.0.1:$PGPORT_ ($("$PG_BIN/postgres" --version))"
-    as_postgres "$PG_BIN/initdb" -D "$WORK/data" -U postgres --auth=trust --no-sync \
-        --no-instructions --locale=C -E UTF8 >"$WORK/initdb.log"
-    cat >>"$WORK/data/postgresql.conf" <<PGCONF
-listen_addresses = '127.0.0.1'
-max_connections = $PG_MAX_CONNECTIONS
-shared_buffers = $SHARED_BUFFERS
-fsync = off
-synchronous_commit = off
-full_page_writes = off
-autovacuum = off
-log_min_messages = warning
-PGCONF
-    mkdir -p "$WORK/sock" && { is_root && chown postgres: "$WORK/sock" || true; }
-    as_postgres "$PG_BIN/pg_ctl" -D "$WORK/data" -l "$WORK/postgres.log" -w -t 60 \
-        -o "-p $PGPORT_ -k $WORK/sock" start >/dev/null
-    log "pgbench -i -s $SCALE"
-    "$PG_BIN/pgbench" -i -q -s "$SCALE" -h 127.0.0.1 -p "$PGPORT_" -U postgres postgres \
-        >"$WORK/pgbench-init.log" 2>&1
-}
-
-# Waits until a query works through 127.0.0.1:$1 (deadline 15 s) while process $2 lives.
-wait_query() {
-    local deadline=$((SECONDS + 15))
-    while [ $SECONDS -lt $deadline ]; do
-        kill -0 "$2" 2>/dev/null || return 1
-        "$PG_BIN/psql" -X -q -h 127.0.0.1 -p "$1" -U postgres -d postgres -c 'SELECT 1' \
-            >/dev/null 2>&1 && return 0
-        sleep 0.2
-    done
-    return 1
-}
-
-# An instance is a proxy in a pool mode, named e.g. pgwarden_transaction; its port and pid
-# are PORT_<name> and PID_<name>. start_<proxy> NAME POOL_MODE starts one under that name.
-start_pgwarden() {
-    local name=$1 pool_mode=$2 port pid
-    [ -x "$PGWARDEN_BIN" ] || { log "no pgwarden binary"; return 1; }
-    port=$(free_port)
-    log "starting pgwarden ($pool_mode) on 127.0.0.1:$port"
-    "$PGWARDEN_BIN" --listen "127.0.0.1:$port" \
-        --upstream "postgres://postgres@127.0.0.1:$PGPORT_" --auth-type trust \
-        --pool-size "$POOL_SIZE" --pool-mode "$pool_mode" --max-client-conn "$MAX_CLIENT_CONN" \
-        --log-level warn >"$WORK/$name.log" 2>&1 &
-    pid=$!
-    PIDS+=("$pid")
-    eval "PID_$name=$pid"
-    wait_query "$port" "$pid" || {
-        log "pgwarden did not start (tail of $WORK/$name.log):"; tail -n 20 "$WORK/$name.log" >&2; return 1
-    }
-    eval "PORT_$name=$port"
-}
-
-start_pgbouncer() {
-    local name=$1 pool_mode=$2 port pid dir="$WORK/$1"
-    port=$(free_port)
-    mkdir -p "$dir"
-    echo '"postgres" ""' >"$dir/userlist.txt"
-    cat >"$dir/pgbouncer.ini" <<INI
-[databases]
-* = host=127.0.0.1 port=$PGPORT_
-
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = $port
-unix_socket_dir =
-auth_type = trust
-auth_file = $dir/userlist.txt
-pool_mode = $pool_mode
-default_pool_size = $POOL_SIZE
-max_client_conn = $MAX_CLIENT_CONN
-logfile = $dir/pgbouncer.log
-log_connections = 0
-log_disconnections = 0
-INI
-    is_root && chown -R postgres: "$dir"
-    log "starting PgBouncer ($pool_mode) on 127.0.0.1:$port"
-    # As root, -u drops to postgres itself, so $! is PgBouncer's own pid.
-    if is_root; then pgbouncer -u postgres "$dir/pgbouncer.ini" >"$dir/stdout.log" 2>&1 &
-    else pgbouncer "$dir/pgbouncer.ini" >"$dir/stdout.log" 2>&1 &
-    fi
-    pid=$!
-    PIDS+=("$pid")
-    eval "PID_$name=$pid"
-    wait_query "$port" "$pid" || {
-        log "PgBouncer did not start:"; tail -n 20 "$dir/pgbouncer.log" "$dir/stdout.log" >&2; return 1
-    }
-    eval "PORT_$name=$port"
-}
-
-# Stops instance $1 (used for the fresh instances of the idle-client measurement).
-stop_instance() {
-    local pid
-    pid=$(eval echo "\${PID_$1:-}")
-    [ -n "$pid" ] || return 0
-    kill "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-    forget_pid "$pid"
-    eval "PORT_$1=" "PID_$1="
-}
+# shellcheck source=bench/lib.sh
+. "$BENCH_DIR/lib.sh"
+setup_workdir
 
 # ---------------------------------------------------------------- measuring
 
 CLK_TCK=$(getconf CLK_TCK)
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo ""; }
-rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo ""; }
 
 # One pgbench run of round $1, phase $2 (session or transaction: which table, and which
 # proxy instances), against target $3 (direct, pgwarden or pgbouncer), protocol $4, $5
 # clients. Appends a CSV row: round,phase,target,clients,mode,status,tps,latency_ms,
-# transactions,connection_ms,cpu_us_per_tx,rss_kib
+# transactions,connection_ms,cpu_us_per_tx,rss_kib,error (error: a failed run's first error
+# line from pgbench, quoted)
 bench_one() {
     local round=$1 phase=$2 target=$3 mode=$4 clients=$5 instance port pid="" before="" after
     local out status=ok
@@ -256,12 +100,12 @@ bench_one() {
     local row="$round,$phase,$target,$clients,$mode"
     # Leave room for the proxies' pools (4 instances of POOL_SIZE) and reserved slots.
     if [ "$target" = direct ] && [ "$clients" -gt $((PG_MAX_CONNECTIONS - 5 * POOL_SIZE)) ]; then
-        echo "$row,n/a (over max_connections),,,,,," >>"$RUNS_CSV"; return
+        echo "$row,n/a (over max_connections),,,,,,," >>"$RUNS_CSV"; return
     fi
     port=$(eval echo "\${PORT_$instance:-}")
     [ "$target" = direct ] || pid=$(eval echo "\${PID_$instance:-}")
     if [ -z "$port" ]; then
-        echo "$row,$(eval echo "\${DOWN_$instance:-failed to start}"),,,,,," >>"$RUNS_CSV"; return
+        echo "$row,$(eval echo "\${DOWN_$instance:-failed to start}"),,,,,,," >>"$RUNS_CSV"; return
     fi
     if [ -n "$pid" ]; then before=$(cpu_ticks "$pid"); fi
     out="$WORK/pgbench-$round-$instance-$mode-$clients.log"
@@ -284,9 +128,17 @@ bench_one() {
             cpu=$(awk -v d=$((after - before)) -v hz="$CLK_TCK" -v n="$tx" 'BEGIN { printf "%.2f", d * 1e6 / hz / n }')
         fi
     fi
-    [ "$status" = ok ] || { log "$instance/$mode/c$clients round $round: $status"; grep -v '^progress' "$out" | tail -n 5 >&2; }
+    local error=""
+    if [ "$status" != ok ]; then
+        log "$instance/$mode/c$clients round $round: $status"; grep -v '^progress' "$out" | tail -n 5 >&2
+        # What failed, CSV-quoted: the first error that aborted a client, else the first
+        # error pgbench printed, else its first line; without "pgbench: error: ".
+        error=$({ grep -m 1 'aborted in command' "$out" || grep -m 1 -i 'error' "$out" ||
+            grep -v -m 1 '^progress' "$out" || true; } | sed 's/^pgbench: error: //; s/  */ /g' | cut -c 1-300)
+        error="\"${error//\"/\"\"}\""
+    fi
     log "$instance/$mode/c$clients round $round: tps=${tps:-?} latency=${lat:-?}ms conn=${conn:-?}ms cpu/tx=${cpu}us rss=${rss}KiB"
-    echo "$row,$status,$tps,$lat,$tx,$conn,$cpu,$rss" >>"$RUNS_CSV"
+    echo "$row,$status,$tps,$lat,$tx,$conn,$cpu,$rss,$error" >>"$RUNS_CSV"
 }
 
 # A proxy that died is not run again; its later runs say so.
@@ -361,7 +213,7 @@ collect_pgwarden_logs() {
 
 # pgbench opens one socket per client, the proxies one or two per client: 1,000 clients
 # need more than the common default of 1,024 descriptors.
-ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+raise_nofile
 if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt $((MAX_CLIENT_CONN * 2 + 100)) ]; then
     log "warning: ulimit -n is $(ulimit -n); 1,000 clients may run out of file descriptors"
 fi
@@ -369,7 +221,7 @@ LOAD_START=$(cut -d' ' -f1 /proc/loadavg)
 RUNS_CSV="$BENCH_DIR/last-run.csv"
 IDLE_CSV="$BENCH_DIR/last-idle.csv"
 CHART="$BENCH_DIR/tx-mode.png"
-echo "round,phase,target,clients,mode,status,tps,latency_ms,transactions,connection_ms,cpu_us_per_tx,rss_kib" >"$RUNS_CSV"
+echo "round,phase,target,clients,mode,status,tps,latency_ms,transactions,connection_ms,cpu_us_per_tx,rss_kib,error" >"$RUNS_CSV"
 echo "target,pool_mode,status,clients,rss_before_kib,rss_after_kib" >"$IDLE_CSV"
 
 build_ok=1
