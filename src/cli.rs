@@ -183,6 +183,30 @@ pub struct Cli {
     #[arg(help_heading = POOLING)]
     pub query_wait_notify: Option<String>,
 
+    /// Close a client idle (outside a transaction) longer than this (0: never). Default: 0s.
+    #[arg(long, env = "PGWARDEN_CLIENT_IDLE_TIMEOUT", value_name = "DURATION")]
+    #[arg(help_heading = CLIENTS)]
+    pub client_idle_timeout: Option<String>,
+
+    /// Close a client idle inside a transaction longer than this (0: never). Default: 0s.
+    #[arg(
+        long,
+        env = "PGWARDEN_IDLE_TRANSACTION_TIMEOUT",
+        value_name = "DURATION"
+    )]
+    #[arg(help_heading = CLIENTS)]
+    pub idle_transaction_timeout: Option<String>,
+
+    /// Close a client whose transaction lasts longer than this (0: never). Default: 0s.
+    #[arg(long, env = "PGWARDEN_TRANSACTION_TIMEOUT", value_name = "DURATION")]
+    #[arg(help_heading = CLIENTS)]
+    pub transaction_timeout: Option<String>,
+
+    /// Cancel a query running longer than this (the session goes on) (0: never). Default: 0s.
+    #[arg(long, env = "PGWARDEN_QUERY_TIMEOUT", value_name = "DURATION")]
+    #[arg(help_heading = CLIENTS)]
+    pub query_timeout: Option<String>,
+
     /// Run on a server before another client gets it; empty for none. Default: DISCARD ALL.
     #[arg(long, env = "PGWARDEN_SERVER_RESET_QUERY", value_name = "SQL")]
     #[arg(help_heading = POOLING)]
@@ -311,6 +335,13 @@ mod tests {
                 defaults::UNLIMITED.to_string(),
             ),
             ("query_wait_notify", secs(defaults::QUERY_WAIT_NOTIFY)),
+            ("client_idle_timeout", secs(defaults::CLIENT_IDLE_TIMEOUT)),
+            (
+                "idle_transaction_timeout",
+                secs(defaults::IDLE_TRANSACTION_TIMEOUT),
+            ),
+            ("transaction_timeout", secs(defaults::TRANSACTION_TIMEOUT)),
+            ("query_timeout", secs(defaults::QUERY_TIMEOUT)),
             ("server_login_retry", secs(defaults::SERVER_LOGIN_RETRY)),
             ("server_check_delay", secs(defaults::SERVER_CHECK_DELAY)),
             (

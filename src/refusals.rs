@@ -13,16 +13,25 @@ pub enum Cap {
     MaxClientConnPerApp,
     /// A client waited `query_wait_timeout` for a server without getting one.
     QueryWaitTimeout,
+    ClientIdleTimeout,
+    IdleTransactionTimeout,
+    TransactionTimeout,
+    /// A query was cancelled (the client stays).
+    QueryTimeout,
 }
 
 impl Cap {
-    pub const ALL: [Cap; 6] = [
+    pub const ALL: [Cap; 10] = [
         Cap::MaxClientConn,
         Cap::MaxClientConnPerUser,
         Cap::MaxClientConnPerDatabase,
         Cap::MaxClientConnPerAddr,
         Cap::MaxClientConnPerApp,
         Cap::QueryWaitTimeout,
+        Cap::ClientIdleTimeout,
+        Cap::IdleTransactionTimeout,
+        Cap::TransactionTimeout,
+        Cap::QueryTimeout,
     ];
 
     /// The configuration key, as the refusal message and the metrics name it.
@@ -34,6 +43,10 @@ impl Cap {
             Cap::MaxClientConnPerAddr => "max_client_conn_per_addr",
             Cap::MaxClientConnPerApp => "max_client_conn_per_app",
             Cap::QueryWaitTimeout => "query_wait_timeout",
+            Cap::ClientIdleTimeout => "client_idle_timeout",
+            Cap::IdleTransactionTimeout => "idle_transaction_timeout",
+            Cap::TransactionTimeout => "transaction_timeout",
+            Cap::QueryTimeout => "query_timeout",
         }
     }
 }
@@ -66,7 +79,7 @@ mod tests {
         refusals.count(Cap::MaxClientConnPerApp);
         refusals.count(Cap::QueryWaitTimeout);
         let counts: Vec<u64> = Cap::ALL.iter().map(|c| refusals.get(*c)).collect();
-        assert_eq!(counts, [0, 0, 0, 0, 2, 1]);
+        assert_eq!(counts, [0, 0, 0, 0, 2, 1, 0, 0, 0, 0]);
         assert!(Cap::ALL.iter().enumerate().all(|(i, c)| *c as usize == i));
     }
 }

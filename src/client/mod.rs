@@ -8,6 +8,7 @@ mod login;
 pub(crate) mod pump;
 mod relay;
 mod session;
+mod timeouts;
 
 use std::net::SocketAddr;
 

@@ -13,12 +13,13 @@ use tokio::io::AsyncWriteExt;
 
 use super::login::Session;
 use super::pump::{Flow, Pump, Tracker};
+use super::timeouts::{Expired, Timeouts};
 use crate::context::Context;
 use crate::prepared::{Prepared, ServerStatements};
 use crate::protocol::framing::FramingError;
 use crate::protocol::tags::frontend;
 use crate::protocol::{sqlstate, PgError};
-use crate::server::ServerConn;
+use crate::server::{BackendKey, ServerConn};
 use crate::stream::Stream;
 
 /// How a session ended.
@@ -69,6 +70,10 @@ pub struct Link {
     /// Transaction pooling with named statements following the client; client messages
     /// are then scanned only while a server is attached (rewriting needs to know it).
     pub prepared: Option<Box<Prepared>>,
+    /// Idle, transaction and query timeouts, when any is configured.
+    pub timeouts: Option<Box<Timeouts>>,
+    /// This client's cancel key, for cancelling a query that ran out of time.
+    pub cancel_key: BackendKey,
 }
 
 impl Link {
@@ -90,6 +95,8 @@ impl Link {
             terminating: false,
             draining: false,
             prepared: max_prepared.map(|max| Box::new(Prepared::new(max))),
+            timeouts: None,
+            cancel_key: BackendKey { pid: 0, secret: 0 },
         }
     }
 
@@ -132,6 +139,9 @@ impl Link {
             Ok(true) => {}
             Ok(false) => return Some(End::ClientLeft),
             Err(e) => return Some(End::ClientIo(e)),
+        }
+        if let Some(timeouts) = self.timeouts.as_deref_mut() {
+            timeouts.on_client(std::time::Instant::now());
         }
         if self.prepared.is_some() {
             return match server {
@@ -252,6 +262,7 @@ impl Link {
             return Step::End(end);
         }
         loop {
+            let deadline = self.watch_time();
             if self.at_boundary() {
                 if let Some(end) = self.should_end_at_boundary() {
                     return Step::End(end);
@@ -278,8 +289,41 @@ impl Link {
                     if let Err(e) = r.and_then(|_| self.s2c.write_to(client)) { return Step::End(End::ClientIo(e)) }
                 }
                 _ = ctx.shutdown.cancelled(), if !self.draining => self.draining = true,
+                expired = until(deadline), if deadline.is_some() => {
+                    if let Some(end) = self.on_timeout(expired, ctx) { return Step::End(end) }
+                }
             }
         }
+    }
+
+    /// Updates the timeout clocks, gives the client a notice that waited for a message
+    /// boundary, and says when the next timeout runs out.
+    pub fn watch_time(&mut self) -> Option<(std::time::Instant, Expired)> {
+        let timeouts = self.timeouts.as_deref_mut()?;
+        timeouts.observe(&self.track, std::time::Instant::now());
+        if self.s2c.framer.at_boundary() {
+            if let Some(notice) = timeouts.notice.take() {
+                self.s2c.inject().extend_from_slice(&notice);
+            }
+        }
+        timeouts.next(&self.track)
+    }
+
+    /// A timeout ran out: the query is cancelled (`None`: the session goes on), or the
+    /// session ends with an error naming the timeout.
+    pub fn on_timeout(&mut self, expired: Expired, ctx: &Context) -> Option<End> {
+        let timeouts = self.timeouts.as_deref_mut()?;
+        ctx.refusals.count(expired.cap());
+        if expired != Expired::Query {
+            let error = timeouts.error(expired);
+            tracing::info!(cause = %error.message, "closing client");
+            return Some(End::Refused(error));
+        }
+        timeouts.cancelling();
+        tracing::info!("cancelling a query that ran longer than query_timeout");
+        let (cancels, key) = (ctx.cancels.clone(), self.cancel_key);
+        tokio::spawn(async move { cancels.cancel(key).await });
+        None
     }
 
     /// Whether the server is in a state another client may have (after a reset).
@@ -320,4 +364,15 @@ async fn finish(client: &mut Stream, end: &End) {
         let _ = client.write_all(&error.to_bytes()).await;
     }
     let _ = client.shutdown().await;
+}
+
+/// Waits until `deadline` and says which timeout it was (never, without one).
+pub async fn until(deadline: Option<(std::time::Instant, Expired)>) -> Expired {
+    match deadline {
+        Some((when, expired)) => {
+            tokio::time::sleep_until(when.into()).await;
+            expired
+        }
+        None => std::future::pending().await,
+    }
 }

@@ -46,6 +46,8 @@ pub async fn run(client: &Stream, client_buf: BytesMut, session: Session, ctx: &
         Some(ctx.config.max_prepared_statements)
             .filter(|max| mode != PoolMode::Session && *max > 0),
     );
+    link.timeouts = super::timeouts::Timeouts::new(&ctx.config);
+    link.cancel_key = cancel.key;
     loop {
         if let Some(end) = wait_for_client(client, &mut link, ctx).await {
             return end;
@@ -176,12 +178,16 @@ async fn wait_for_client(client: &Stream, link: &mut Link, ctx: &Context) -> Opt
         if link.draining {
             return Some(End::Shutdown);
         }
+        let deadline = link.watch_time();
         tokio::select! {
             r = client.readable() => {
                 if let Err(e) = r { return Some(End::ClientIo(e)) }
                 if let Some(end) = link.on_client_readable(client, None) { return Some(end) }
             }
             _ = ctx.shutdown.cancelled(), if !link.draining => link.draining = true,
+            expired = super::relay::until(deadline), if deadline.is_some() => {
+                if let Some(end) = link.on_timeout(expired, ctx) { return Some(end) }
+            }
         }
     }
 }

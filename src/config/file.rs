@@ -35,6 +35,10 @@ pub mod defaults {
     pub const RESERVE_POOL_SIZE: usize = 0;
     pub const RESERVE_POOL_TIMEOUT: Duration = Duration::from_secs(5);
     pub const QUERY_WAIT_NOTIFY: Duration = Duration::ZERO;
+    pub const CLIENT_IDLE_TIMEOUT: Duration = Duration::ZERO;
+    pub const IDLE_TRANSACTION_TIMEOUT: Duration = Duration::ZERO;
+    pub const TRANSACTION_TIMEOUT: Duration = Duration::ZERO;
+    pub const QUERY_TIMEOUT: Duration = Duration::ZERO;
     pub const SERVER_LOGIN_RETRY: Duration = Duration::from_secs(1);
     pub const SERVER_CHECK_DELAY: Duration = Duration::from_secs(30);
     pub const SERVER_CHECK_QUERY: &str = "SELECT 1";
@@ -88,6 +92,14 @@ pub struct FileConfig {
     pub max_server_conn_per_client: Option<usize>,
     #[serde(default, deserialize_with = "duration_text")]
     pub query_wait_notify: Option<String>,
+    #[serde(default, deserialize_with = "duration_text")]
+    pub client_idle_timeout: Option<String>,
+    #[serde(default, deserialize_with = "duration_text")]
+    pub idle_transaction_timeout: Option<String>,
+    #[serde(default, deserialize_with = "duration_text")]
+    pub transaction_timeout: Option<String>,
+    #[serde(default, deserialize_with = "duration_text")]
+    pub query_timeout: Option<String>,
     #[serde(default, deserialize_with = "duration_text")]
     pub server_login_retry: Option<String>,
     #[serde(default, deserialize_with = "duration_text")]
@@ -202,6 +214,13 @@ impl FileConfig {
                 self.max_server_conn_per_client,
             ),
             query_wait_notify: over(&cli.query_wait_notify, self.query_wait_notify),
+            client_idle_timeout: over(&cli.client_idle_timeout, self.client_idle_timeout),
+            idle_transaction_timeout: over(
+                &cli.idle_transaction_timeout,
+                self.idle_transaction_timeout,
+            ),
+            transaction_timeout: over(&cli.transaction_timeout, self.transaction_timeout),
+            query_timeout: over(&cli.query_timeout, self.query_timeout),
             server_login_retry: over(&cli.server_login_retry, self.server_login_retry),
             server_check_delay: over(&cli.server_check_delay, self.server_check_delay),
             server_check_query: over(&cli.server_check_query, self.server_check_query),

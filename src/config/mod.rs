@@ -131,6 +131,14 @@ pub struct Config {
     pub max_server_conn_per_client: usize,
     /// Tell a waiting client it is queued after this long (zero: never).
     pub query_wait_notify: Duration,
+    /// Close a client idle (outside a transaction) longer than this (zero: never).
+    pub client_idle_timeout: Duration,
+    /// Close a client idle inside a transaction longer than this (zero: never).
+    pub idle_transaction_timeout: Duration,
+    /// Close a client whose transaction lasts longer than this (zero: never).
+    pub transaction_timeout: Duration,
+    /// Cancel a query running longer than this (the session goes on) (zero: never).
+    pub query_timeout: Duration,
     /// After a failed server connect or login, wait this long before the pool tries again.
     pub server_login_retry: Duration,
     /// Test a server idle longer than this with `server_check_query` before handing it out.

@@ -185,6 +185,10 @@ fn top_level(check: &mut Checker, merged: &FileConfig) -> Config {
         max_server_conn: cap(merged.max_server_conn),
         max_server_conn_per_client: cap(merged.max_server_conn_per_client),
         query_wait_notify: duration!(query_wait_notify, QUERY_WAIT_NOTIFY),
+        client_idle_timeout: duration!(client_idle_timeout, CLIENT_IDLE_TIMEOUT),
+        idle_transaction_timeout: duration!(idle_transaction_timeout, IDLE_TRANSACTION_TIMEOUT),
+        transaction_timeout: duration!(transaction_timeout, TRANSACTION_TIMEOUT),
+        query_timeout: duration!(query_timeout, QUERY_TIMEOUT),
         server_login_retry: duration!(server_login_retry, SERVER_LOGIN_RETRY),
         server_check_delay: duration!(server_check_delay, SERVER_CHECK_DELAY),
         server_check_query: (merged.server_check_query.clone())

@@ -349,6 +349,26 @@ impl RawClient {
         }
     }
 
+    /// The replies until the server closes the connection (after a FATAL error, say).
+    pub async fn read_until_closed(&mut self) -> Vec<Reply> {
+        let mut replies = Vec::new();
+        loop {
+            let mut header = [0u8; 5];
+            let read = tokio::time::timeout(REPLY_DEADLINE, self.stream.read_exact(&mut header));
+            match read.await {
+                Ok(Ok(_)) => {}
+                Ok(Err(_)) => return replies,
+                Err(_) => panic!("not closed within {REPLY_DEADLINE:?}; replies: {replies:?}"),
+            }
+            let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
+            let mut body = vec![0u8; len - 4];
+            self.stream.read_exact(&mut body).await.unwrap();
+            if !matches!(header[0], b'S' | b'K' | b'R') {
+                replies.push(Reply::decode(header[0], &body));
+            }
+        }
+    }
+
     /// Sends `bytes` and reads the replies up to the `readies`th ReadyForQuery.
     pub async fn run(&mut self, bytes: &[u8], readies: usize) -> Vec<Reply> {
         self.send(bytes).await;
