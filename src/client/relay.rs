@@ -366,13 +366,20 @@ async fn finish(client: &mut Stream, end: &End) {
     let _ = client.shutdown().await;
 }
 
-/// Waits until `deadline` and says which timeout it was (never, without one).
-pub async fn until(deadline: Option<(std::time::Instant, Expired)>) -> Expired {
-    match deadline {
-        Some((when, expired)) => {
-            tokio::time::sleep_until(when.into()).await;
-            expired
+/// Waits until `deadline` and says which timeout it was (never, without one). The timer
+/// is boxed: the wait for an idle client is part of every client's task, timer or not.
+pub fn until(
+    deadline: Option<(std::time::Instant, Expired)>,
+) -> impl std::future::Future<Output = Expired> {
+    let timer =
+        deadline.map(|(when, expired)| (Box::pin(tokio::time::sleep_until(when.into())), expired));
+    async move {
+        match timer {
+            Some((sleep, expired)) => {
+                sleep.await;
+                expired
+            }
+            None => std::future::pending().await,
         }
-        None => std::future::pending().await,
     }
 }
