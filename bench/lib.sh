@@ -7,9 +7,10 @@
 #   SCALE               pgbench -i scale factor; 0 for no pgbench data [0]
 #   PGWARDEN_ARGS       array: extra pgwarden flags
 #   PGBOUNCER_INI       extra lines for pgbouncer.ini's [pgbouncer] section
-#   AUTH_TYPE           both proxies' client authentication [trust]; with another, the
-#                       proxies and PostgreSQL know user postgres with password PASSWORD
-#   PASSWORD            postgres' password when AUTH_TYPE is not trust [bench]
+#   AUTH_TYPE           the proxies' client authentication, read when each starts [trust]
+#   PASSWORD            if set, user postgres' password: PostgreSQL then asks for it
+#                       (scram-sha-256 over TCP), and the proxies log in and check
+#                       clients with it; unset, everything is trust
 # shellcheck shell=bash
 
 log() { printf '[%s %s] %s\n' "${LOG_TAG:-bench}" "$(date +%H:%M:%S)" "$*" >&2; }
@@ -90,16 +91,16 @@ full_page_writes = off
 autovacuum = off
 log_min_messages = warning
 PGCONF
-    mkdir -p "$WORK/sock" && { is_root && chown postgres: "$WORK/sock" || true; }
+    mkdir -p "$WORK/sock"
+    if is_root; then chown postgres: "$WORK/sock"; fi
     as_postgres "$PG_BIN/pg_ctl" -D "$WORK/data" -l "$WORK/postgres.log" -w -t 60 \
         -o "-p $PGPORT_ -k $WORK/sock" start >/dev/null
-    if [ "$(auth_type)" != trust ]; then
-        # The proxies log in with the password, so PostgreSQL checks it (SCRAM) over TCP.
+    if [ -n "${PASSWORD:-}" ]; then
         "$PG_BIN/psql" -X -q -h 127.0.0.1 -p "$PGPORT_" -U postgres -d postgres \
-            -c "ALTER USER postgres PASSWORD '${PASSWORD:-bench}'" >/dev/null
+            -c "ALTER USER postgres PASSWORD '$PASSWORD'" >/dev/null
         sed -i 's/^\(host.*\)trust$/\1scram-sha-256/' "$WORK/data/pg_hba.conf"
         as_postgres "$PG_BIN/pg_ctl" -D "$WORK/data" reload >/dev/null
-        export PGPASSWORD=${PASSWORD:-bench}
+        export PGPASSWORD=$PASSWORD
     fi
     if [ "${SCALE:-0}" -gt 0 ]; then
         log "pgbench -i -s $SCALE"
@@ -125,7 +126,7 @@ wait_query() {
 start_pgwarden() {
     local name=$1 pool_mode=$2 port pid upstream="postgres://postgres@127.0.0.1:$PGPORT_"
     [ -x "$PGWARDEN_BIN" ] || { log "no pgwarden binary"; return 1; }
-    [ "$(auth_type)" = trust ] || upstream="postgres://postgres:${PASSWORD:-bench}@127.0.0.1:$PGPORT_"
+    [ -z "${PASSWORD:-}" ] || upstream="postgres://postgres:$PASSWORD@127.0.0.1:$PGPORT_"
     port=$(free_port)
     log "starting pgwarden ($pool_mode) on 127.0.0.1:$port"
     "$PGWARDEN_BIN" --listen "127.0.0.1:$port" \
@@ -142,11 +143,10 @@ start_pgwarden() {
 }
 
 start_pgbouncer() {
-    local name=$1 pool_mode=$2 port pid dir="$WORK/$1" password=""
-    [ "$(auth_type)" = trust ] || password=${PASSWORD:-bench}
+    local name=$1 pool_mode=$2 port pid dir="$WORK/$1"
     port=$(free_port)
     mkdir -p "$dir"
-    echo "\"postgres\" \"$password\"" >"$dir/userlist.txt"
+    echo "\"postgres\" \"${PASSWORD:-}\"" >"$dir/userlist.txt"
     cat >"$dir/pgbouncer.ini" <<INI
 [databases]
 * = host=127.0.0.1 port=$PGPORT_
