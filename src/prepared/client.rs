@@ -125,13 +125,9 @@ impl Prepared {
         let Some(bind) = Bind::read(c2s.message(found)).filter(|b| !b.statement.is_empty()) else {
             return self.pass(Answer::Bind, found, c2s);
         };
-        let Some(statement) = self.client.get(bind.statement).cloned() else {
-            if self.pinned {
-                return self.pass(Answer::Bind, found, c2s);
-            }
-            let error = PgError::unknown_statement(bind.statement);
-            c2s.drop_message(found.taken);
-            return self.fail(c2s, error);
+        let statement = match self.named(bind.statement) {
+            Ok(statement) => statement,
+            Err(error) => return self.unknown(error, Answer::Bind, found, c2s),
         };
         let portal = bind.portal.to_vec();
         let prefix_len = bind.prefix_len;
@@ -151,19 +147,31 @@ impl Prepared {
         let Some(target) = target.filter(|t| t.is_statement() && !t.name.is_empty()) else {
             return self.pass(Answer::Describe, found, c2s);
         };
-        let Some(statement) = self.client.get(target.name).cloned() else {
-            if self.pinned {
-                return self.pass(Answer::Describe, found, c2s);
-            }
-            let error = PgError::unknown_statement(target.name);
-            c2s.drop_message(found.taken);
-            return self.fail(c2s, error);
+        let statement = match self.named(target.name) {
+            Ok(statement) => statement,
+            Err(error) => return self.unknown(error, Answer::Describe, found, c2s),
         };
         c2s.drop_message(found.taken);
         self.ensure(&statement, c2s, server);
         let out = c2s.inject();
         extended::statement_target(frontend::DESCRIBE, statement.server_name(), out);
         self.expect.push(Entry::pass(Answer::Describe));
+    }
+
+    /// The client's statement called `name`, or Postgres' error for a name it never defined.
+    fn named(&self, name: &[u8]) -> Result<Arc<Statement>, PgError> {
+        (self.client.get(name).cloned()).ok_or_else(|| PgError::unknown_statement(name))
+    }
+
+    /// A message naming a statement the client does not have: it fails as on Postgres, in
+    /// its place in the pipeline; or, from a pinned client, goes on as written (the name
+    /// may be one the server holds from SQL pgwarden passed through).
+    fn unknown(&mut self, error: PgError, answer: Answer, found: Found, c2s: &mut Pump) {
+        if self.pinned {
+            return self.pass(answer, found, c2s);
+        }
+        c2s.drop_message(found.taken);
+        self.fail(c2s, error);
     }
 
     /// Closing a statement forgets the client's name; the server keeps the statement for
