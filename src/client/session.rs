@@ -64,6 +64,9 @@ pub async fn run(client: &Stream, client_buf: BytesMut, session: Session, ctx: &
             return end;
         }
         link.c2s.release_memory();
+        if let Some(prepared) = link.prepared.as_deref_mut() {
+            prepared.release_memory();
+        }
     }
 }
 

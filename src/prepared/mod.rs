@@ -94,6 +94,13 @@ impl Prepared {
         self.retry.reset();
     }
 
+    /// Gives back what the last transaction grew, while the client is idle (the names it
+    /// defined stay).
+    pub fn release_memory(&mut self) {
+        self.expect = Expect::default();
+        self.retry = retry::Retry::default();
+    }
+
     /// The server is gone or being given up mid-request: answers owed will never come.
     pub fn abandon(&mut self, server: &mut ServerStatements) {
         self.expect.abandon(&mut self.client, server);
