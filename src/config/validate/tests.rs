@@ -437,3 +437,29 @@ fn cap_settings_out_of_range_are_reported_by_key() {
         "{bad_identity}"
     );
 }
+
+#[test]
+fn the_example_configurations_are_valid_and_show_the_defaults() {
+    for (name, text) in [
+        (
+            "config/pgwarden.toml",
+            include_str!("../../../config/pgwarden.toml"),
+        ),
+        (
+            "config/sidecar.toml",
+            include_str!("../../../config/sidecar.toml"),
+        ),
+    ] {
+        if let Err(errors) = from_toml(text) {
+            panic!("{name}: {errors}");
+        }
+    }
+    let example = from_toml(include_str!("../../../config/pgwarden.toml")).unwrap();
+    let defaults = from_toml(ROUTE).unwrap();
+    assert_eq!(
+        example.max_prepared_statements,
+        defaults.max_prepared_statements
+    );
+    assert_eq!(example.query_timeout, defaults.query_timeout);
+    assert_eq!(example.client_idle_timeout, defaults.client_idle_timeout);
+}
