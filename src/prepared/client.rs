@@ -84,15 +84,11 @@ impl Prepared {
             c2s.drop_message(found.taken);
             return self.fail(c2s, PgError::duplicate_statement(&name));
         }
-        let statement = match executes {
-            Some((depends, definition)) => {
-                Statement::new(Definition::Protocol(definition.into()), Some(depends))
-            }
-            None => Statement::new(
-                Definition::Protocol(Bytes::copy_from_slice(parse.definition)),
-                None,
-            ),
+        let (definition, depends) = match executes {
+            Some((depends, definition)) => (Bytes::from(definition), Some(depends)),
+            None => (Bytes::copy_from_slice(parse.definition), None),
         };
+        let statement = Statement::new(Definition::Protocol(definition.clone()), depends);
         c2s.drop_message(found.taken);
         self.client.insert(&name, statement.clone());
         let undo = Undo::ClientRemove(name);
@@ -106,10 +102,7 @@ impl Prepared {
                     self.ensure(depends, c2s, server);
                 }
                 self.make_room(lookup, &statement, c2s, server);
-                let Definition::Protocol(definition) = &statement.definition else {
-                    unreachable!("built as a protocol statement above")
-                };
-                extended::parse(statement.server_name(), definition, c2s.inject());
+                extended::parse(statement.server_name(), &definition, c2s.inject());
                 let hash = statement.hash;
                 server.insert(statement);
                 self.expect.push(
