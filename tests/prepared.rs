@@ -800,3 +800,59 @@ async fn named_statements_do_not_pin_a_client_to_its_server() {
     assert_eq!(value(&a, "select 'a'").await, "a");
     assert_eq!(pg.backend_count("app").await, 1);
 }
+
+/// Hostile extended-protocol messages (truncated names, missing terminators, wrong kinds,
+/// names that collide with pgwarden's own) never crash the proxy or leak into another
+/// client: each mangled session ends or goes on, and a well-behaved client sharing the one
+/// server keeps getting its own statement's results throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mangled_statement_messages_hurt_nobody_else() {
+    use rand::{Rng, SeedableRng};
+    let pg = start_pg().await;
+    let proxy = start_proxy(&transaction_config(&pg, 1, "")).await;
+    let good = trust(&proxy).await;
+    let statement = good.prepare("select $1::int * 2").await.unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let names: [&[u8]; 6] = [
+        b"s1",
+        b"",
+        b"pgw_0000000000000000",
+        b"pgwarden.absent",
+        b"\xff",
+        b"s1\0x",
+    ];
+    for round in 0..200 {
+        let mut mangled = RawClient::proxied(&proxy).await;
+        let mut bytes = Vec::new();
+        for _ in 0..rng.gen_range(1..8) {
+            let name = names[rng.gen_range(0..names.len())];
+            let (tag, mut body): (u8, Vec<u8>) = match rng.gen_range(0..6) {
+                0 => (b'P', [name, b"\0select 1\0\0\0"].concat()),
+                1 => (b'B', [b"\0", name, b"\0\0\0\0\0\0\0"].concat()),
+                2 => (b'D', [b"S", name, b"\0"].concat()),
+                3 => (b'C', [&[rng.gen::<u8>()][..], name, b"\0"].concat()),
+                4 => (b'Q', [b"execute ", name, b"\0"].concat()),
+                _ => (b'E', b"\0\0\0\0\0".to_vec()),
+            };
+            // Now and then cut the body short (a name without its terminator).
+            if rng.gen_bool(0.3) {
+                body.truncate(rng.gen_range(0..body.len().max(1)));
+            }
+            bytes.push(tag);
+            bytes.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+            bytes.extend_from_slice(&body);
+        }
+        bytes.extend_from_slice(&sync());
+        mangled.send(&bytes).await;
+        // Whatever the answer (errors, or a FATAL and a closed connection), it comes.
+        let replies = mangled.read_until_ready_or_closed().await;
+        assert!(
+            matches!(replies.last(), Some(Reply::Ready(_) | Reply::Error(..))),
+            "round {round}: no ReadyForQuery or error for {bytes:?}: {replies:?}"
+        );
+        let rows = good.query(&statement, &[&round]).await;
+        let rows = rows.unwrap_or_else(|e| panic!("round {round}: {}", describe_error(&e)));
+        assert_eq!(rows[0].get::<_, i32>(0), round * 2, "round {round}");
+    }
+    assert_eq!(pg.backend_count(RAW_USER).await, 1);
+}

@@ -209,6 +209,8 @@ impl Link {
             if flow == Flow::Stop {
                 return Ok(Flow::Stop);
             }
+            let skipped = prepared.take_skipped_requests();
+            track.pending -= skipped.min(track.pending);
         }
         prepared.write_due(&mut self.s2c);
         Ok(Flow::Forward)

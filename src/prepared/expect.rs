@@ -176,6 +176,10 @@ pub struct Expect {
     queue: VecDeque<Entry>,
     /// CommandCompletes already seen in the Query at the front.
     completes_seen: u32,
+    /// Queries and function calls the server skipped after an error (a client sent them
+    /// before the Sync that ends an extended-protocol request): their ReadyForQuery will
+    /// never come.
+    pub skipped_requests: usize,
 }
 
 impl Expect {
@@ -287,6 +291,12 @@ impl Expect {
             .position(|e| matches!(e.kind, Kind::Await(Answer::Sync, _)))
             .unwrap_or(self.queue.len());
         let skipped: Vec<Entry> = self.queue.drain(..until).collect();
+        self.skipped_requests += (skipped.iter())
+            .filter(|e| match &e.kind {
+                Kind::Await(Answer::Query, fate) => !matches!(fate, Fate::Swallow),
+                _ => false,
+            })
+            .count();
         for entry in skipped.into_iter().rev() {
             entry.take_back(0, client, server);
         }

@@ -82,6 +82,12 @@ impl Prepared {
         expect::inspects(tag)
     }
 
+    /// Requests (Query, FunctionCall) the server skipped since last asked, whose
+    /// ReadyForQuery the transaction tracker must stop waiting for.
+    pub fn take_skipped_requests(&mut self) -> usize {
+        std::mem::take(&mut self.expect.skipped_requests)
+    }
+
     /// Every answer owed has reached the client.
     pub fn quiet(&self) -> bool {
         self.expect.is_empty()

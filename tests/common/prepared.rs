@@ -351,6 +351,15 @@ impl RawClient {
 
     /// The replies until the server closes the connection (after a FATAL error, say).
     pub async fn read_until_closed(&mut self) -> Vec<Reply> {
+        self.read_until(false).await
+    }
+
+    /// The replies up to a ReadyForQuery, or until the connection closes.
+    pub async fn read_until_ready_or_closed(&mut self) -> Vec<Reply> {
+        self.read_until(true).await
+    }
+
+    async fn read_until(&mut self, stop_at_ready: bool) -> Vec<Reply> {
         let mut replies = Vec::new();
         loop {
             let mut header = [0u8; 5];
@@ -365,6 +374,9 @@ impl RawClient {
             self.stream.read_exact(&mut body).await.unwrap();
             if !matches!(header[0], b'S' | b'K' | b'R') {
                 replies.push(Reply::decode(header[0], &body));
+            }
+            if stop_at_ready && header[0] == b'Z' {
+                return replies;
             }
         }
     }
