@@ -11,6 +11,7 @@
 #   PASSWORD            if set, user postgres' password: PostgreSQL then asks for it
 #                       (scram-sha-256 over TCP), and the proxies log in and check
 #                       clients with it; unset, everything is trust
+#   PGBOUNCER_SECRET    what PgBouncer's userlist holds instead of PASSWORD (a SCRAM secret)
 # shellcheck shell=bash
 
 log() { printf '[%s %s] %s\n' "${LOG_TAG:-bench}" "$(date +%H:%M:%S)" "$*" >&2; }
@@ -146,7 +147,7 @@ start_pgbouncer() {
     local name=$1 pool_mode=$2 port pid dir="$WORK/$1"
     port=$(free_port)
     mkdir -p "$dir"
-    echo "\"postgres\" \"${PASSWORD:-}\"" >"$dir/userlist.txt"
+    echo "\"postgres\" \"${PGBOUNCER_SECRET:-${PASSWORD:-}}\"" >"$dir/userlist.txt"
     cat >"$dir/pgbouncer.ini" <<INI
 [databases]
 * = host=127.0.0.1 port=$PGPORT_

@@ -29,14 +29,16 @@
 #   POOL_SIZE        server connections per pool, both proxies [20]
 #   MAX_CLIENT_CONN  client connections each proxy accepts [11000]
 #   PASSWORD         user postgres' password (PostgreSQL, proxies, clients) [storm-secret]
+#   PGBOUNCER_PLAIN  set to 1 to give PgBouncer the plain password rather than the SCRAM secret
 #   PG_BIN, PGWARDEN_BIN, SKIP_BUILD, KEEP_WORKDIR, README: as in bench/run.sh
 #
-# PgBouncer gets listen_backlog = 1024, the backlog pgwarden listens with (tokio's), rather
+# For SCRAM PgBouncer's userlist holds PostgreSQL's SCRAM secret (see below), and PgBouncer
+# gets listen_backlog = 1024, the backlog pgwarden listens with (tokio's), rather
 # than its default of 128, so both drop the same excess SYNs. 10,000 clients need 10,000
 # descriptors in the storm client and more in the proxy: the script raises `ulimit -n`.
 set -euo pipefail
 
-PARAM_VARS=(STORM_CLIENTS STORM_AUTH IDENTITIES QUERIES SLEEP_MS TIMEOUT POOL_SIZE MAX_CLIENT_CONN)
+PARAM_VARS=(STORM_CLIENTS STORM_AUTH IDENTITIES QUERIES SLEEP_MS TIMEOUT POOL_SIZE MAX_CLIENT_CONN PGBOUNCER_PLAIN)
 COMMAND=""
 for v in "${PARAM_VARS[@]}"; do
     if [ -n "${!v+x}" ]; then
@@ -85,6 +87,16 @@ fi
 cp "$TARGET_DIR/release/examples/storm" "$WORK/storm"
 install_pgbouncer || log "PgBouncer could not be installed"
 start_postgres
+# For SCRAM runs PgBouncer's userlist gets PostgreSQL's SCRAM secret for the password, as
+# pg_authid holds it: with the plain password PgBouncer 1.18 runs PBKDF2 (4,096 rounds) on
+# every SCRAM login, while pgwarden derives its verifier once per password. (With trust it
+# needs the plain password: it passes a SCRAM secret on to PostgreSQL only for clients that
+# logged in with SCRAM.) PGBOUNCER_PLAIN=1 gives it the plain password for SCRAM too.
+SCRAM_SECRET=""
+if [ "${PGBOUNCER_PLAIN:-0}" != 1 ]; then
+    SCRAM_SECRET=$("$PG_BIN/psql" -X -A -t -h 127.0.0.1 -p "$PGPORT_" -U postgres -d postgres \
+        -c "SELECT rolpassword FROM pg_authid WHERE rolname = 'postgres'")
+fi
 
 STORM_CSV="$BENCH_DIR/last-storm.csv"
 echo "target,auth,clients,status,result" >"$STORM_CSV"
@@ -93,7 +105,8 @@ echo "target,auth,clients,status,result" >"$STORM_CSV"
 storm_one() {
     local proxy=$1 auth=$2 clients=$3 name="storm_$1_${2//-/_}_$3" port pid status=ok out
     out="$WORK/storm-$proxy-$auth-$clients"
-    AUTH_TYPE=$auth
+    AUTH_TYPE=$auth PGBOUNCER_SECRET=""
+    [ "$auth" != scram-sha-256 ] || PGBOUNCER_SECRET=$SCRAM_SECRET
     if ! "start_$proxy" "$name" transaction; then
         echo "$proxy,$auth,$clients,failed to start," >>"$STORM_CSV"; return
     fi
