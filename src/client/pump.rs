@@ -14,6 +14,8 @@ use crate::stream::Stream;
 
 /// Read at least this much at a time; small enough that an idle pump costs little.
 const READ_CHUNK: usize = 8 * 1024;
+/// The first read into an empty buffer.
+const FIRST_READ: usize = 1024;
 /// A buffer grown past this by a large message is freed once drained.
 const KEEP_CAPACITY: usize = 64 * 1024;
 
@@ -60,7 +62,11 @@ impl Pump {
 
     /// Reads whatever the socket has. `Ok(false)` at end of stream.
     pub fn read_from(&mut self, stream: &Stream) -> io::Result<bool> {
-        if self.buf.capacity() - self.buf.len() < READ_CHUNK / 2 {
+        if self.buf.capacity() == 0 {
+            // The first read after idling: most requests are small, and a client may wait
+            // for a server holding what it read, so start small and grow on demand.
+            self.buf.reserve(FIRST_READ);
+        } else if self.buf.capacity() - self.buf.len() < READ_CHUNK / 2 {
             self.buf.reserve(READ_CHUNK);
         }
         match stream.try_read_buf(&mut self.buf) {
