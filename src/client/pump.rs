@@ -231,6 +231,8 @@ pub struct Tracker {
     /// Prepared statements follow the client (see [`crate::prepared`]): statement names
     /// and SQL-level PREPARE no longer pin it.
     pub statements_follow: bool,
+    /// The last Query may involve prepared statements (or was not read).
+    pub query_names_statements: bool,
 }
 
 impl Tracker {
@@ -246,6 +248,7 @@ impl Tracker {
             syncs_since_request: 0,
             copy_in: false,
             statements_follow: false,
+            query_names_statements: true,
         }
     }
 
@@ -271,8 +274,10 @@ impl Tracker {
             frontend::QUERY => {
                 self.pending += 1;
                 self.syncs_since_request = 0;
+                self.query_names_statements = true;
                 if let Some(msg) = msg.filter(|_| self.watch_state) {
                     let mut effects = sql::effects(&msg[5..]);
+                    self.query_names_statements = effects.statements;
                     if self.statements_follow
                         && effects.pins == Some(sql::SQL_PREPARE)
                         && crate::prepared::handles_query(&msg[5..])

@@ -15,7 +15,7 @@ use super::login::Session;
 use super::pump::{Flow, Pump, Tracker};
 use super::timeouts::{Expired, Timeouts};
 use crate::context::Context;
-use crate::prepared::{Prepared, ServerStatements};
+use crate::prepared::{Prepared, Seen, ServerStatements};
 use crate::protocol::framing::FramingError;
 use crate::protocol::tags::frontend;
 use crate::protocol::{sqlstate, PgError};
@@ -185,8 +185,12 @@ impl Link {
                 self.terminating = true;
                 break;
             }
-            let copy_in = self.track.copy_in;
-            prepared.client_message(found, &mut self.c2s, server, copy_in, fresh);
+            let seen = Seen {
+                copy_in: self.track.copy_in,
+                fresh,
+                names_statements: self.track.query_names_statements,
+            };
+            prepared.client_message(found, &mut self.c2s, server, seen);
         }
         prepared.write_due(&mut self.s2c);
         None

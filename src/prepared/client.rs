@@ -14,25 +14,39 @@ use crate::protocol::extended::{self, Bind, Parse, Target};
 use crate::protocol::tags::frontend;
 use crate::protocol::PgError;
 
+/// What the transaction tracker knew as a client message passed.
+#[derive(Debug, Clone, Copy)]
+pub struct Seen {
+    /// The server is in COPY FROM STDIN, where it ignores Sync.
+    pub copy_in: bool,
+    /// The message starts a pipeline outside any transaction, with nothing owed.
+    pub fresh: bool,
+    /// A Query's statements may involve prepared statements (its text was not seen, or a
+    /// statement starts with PREPARE, EXECUTE, DEALLOCATE or DISCARD).
+    pub names_statements: bool,
+}
+
 impl Prepared {
     /// Handles one client message found by `c2s.next`: forwards, rewrites or answers it.
-    /// `copy_in`: the server is in COPY FROM STDIN, where it ignores Sync. `fresh`: the
-    /// message starts a pipeline outside any transaction, with nothing owed.
     pub fn client_message(
         &mut self,
         found: Found,
         c2s: &mut Pump,
         server: &mut ServerStatements,
-        copy_in: bool,
-        fresh: bool,
+        seen: Seen,
     ) {
+        let Seen {
+            copy_in,
+            fresh,
+            names_statements,
+        } = seen;
         self.retry.keep(found, c2s, fresh && self.expect.is_empty());
         match found.tag {
             frontend::PARSE if found.whole => self.parse(found, c2s, server),
             frontend::BIND if found.whole => self.bind(found, c2s, server),
             frontend::DESCRIBE if found.whole => self.describe(found, c2s, server),
             frontend::CLOSE if found.whole => self.close(found, c2s),
-            frontend::QUERY if found.whole => self.query(found, c2s, server),
+            frontend::QUERY if found.whole && names_statements => self.query(found, c2s, server),
             tag => {
                 let answer = match tag {
                     frontend::PARSE => Some(Answer::Parse),

@@ -321,6 +321,13 @@ impl Expect {
         }
     }
 
+    /// Frees a queue grown by a long pipeline (a short one is kept: it is reused).
+    pub fn release_memory(&mut self) {
+        if self.queue.capacity() > 8 {
+            self.queue = VecDeque::new();
+        }
+    }
+
     /// The first Sync still owed is the last thing owed.
     pub fn sync_is_last(&self) -> bool {
         let sync = self

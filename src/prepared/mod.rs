@@ -28,6 +28,7 @@ use crate::client::pump::{Flow, Found, Pump};
 use crate::protocol::tags::{backend, frontend};
 use crate::protocol::{extended, PgError};
 
+pub use client::Seen;
 use expect::{Answer, Entry, Expect, Fate, Kind, Undo, Verdict};
 pub use statements::{ClientStatements, ServerStatements};
 
@@ -103,8 +104,8 @@ impl Prepared {
     /// Gives back what the last transaction grew, while the client is idle (the names it
     /// defined stay).
     pub fn release_memory(&mut self) {
-        self.expect = Expect::default();
-        self.retry = retry::Retry::default();
+        self.expect.release_memory();
+        self.retry.release_memory();
     }
 
     /// The server is gone or being given up mid-request: answers owed will never come.
@@ -176,7 +177,12 @@ impl Prepared {
         self.close_on_server(replay.statement, c2s.inject(), server);
         let mut again = Pump::new(BytesMut::from(&replay.messages[..]), u32::MAX);
         while let Ok(Some(found)) = again.next(Self::client_inspects) {
-            self.client_message(found, &mut again, server, false, false);
+            let seen = Seen {
+                copy_in: false,
+                fresh: false,
+                names_statements: true,
+            };
+            self.client_message(found, &mut again, server, seen);
         }
         let out = c2s.inject();
         out.extend_from_slice(&again.out);

@@ -52,6 +52,13 @@ impl Retry {
         self.state = State::Off;
     }
 
+    /// Frees a buffer grown by a long pipeline (a short one is kept: it is reused).
+    pub fn release_memory(&mut self) {
+        if self.kept.capacity() > 1024 {
+            self.kept = BytesMut::new();
+        }
+    }
+
     /// Keeps a client message. `fresh`: it starts a pipeline on a server that owes nothing
     /// and is outside a transaction.
     pub fn keep(&mut self, found: Found, c2s: &Pump, fresh: bool) {

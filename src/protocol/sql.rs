@@ -13,12 +13,16 @@ pub struct Effects {
     pub settings: bool,
     /// State that cannot follow the client to another server; names the feature.
     pub pins: Option<&'static str>,
+    /// A statement starts with PREPARE, EXECUTE, DEALLOCATE or DISCARD (prepared
+    /// statements may be involved).
+    pub statements: bool,
 }
 
 impl Effects {
     pub fn merge(&mut self, other: Effects) {
         self.settings |= other.settings;
         self.pins = self.pins.or(other.pins);
+        self.statements |= other.statements;
     }
 }
 
@@ -137,7 +141,12 @@ impl<'a> Head<'a> {
 
     fn effects(&self) -> Effects {
         let is = |i, kw| self.is(i, kw);
-        let mut out = Effects::default();
+        let mut out = Effects {
+            statements: ["prepare", "execute", "deallocate", "discard"]
+                .iter()
+                .any(|kw| is(0, kw)),
+            ..Effects::default()
+        };
         if is(0, "set") {
             out.settings = !is(1, "local") && !is(1, "transaction") && !is(1, "constraints");
         } else if is(0, "reset") || is(0, "discard") {
