@@ -231,7 +231,7 @@ pub struct Tracker {
     /// Prepared statements follow the client (see [`crate::prepared`]): statement names
     /// and SQL-level PREPARE no longer pin it.
     pub statements_follow: bool,
-    /// The last Query may involve prepared statements (or was not read).
+    /// The last Query or Parse may involve prepared statements (or was not read).
     pub query_names_statements: bool,
 }
 
@@ -301,6 +301,7 @@ impl Tracker {
             }
             frontend::PARSE => {
                 self.unsynced = true;
+                self.query_names_statements = true;
                 if let Some(msg) = msg.filter(|_| self.watch_state) {
                     self.parse_message(&msg[5..]);
                 }
@@ -321,8 +322,9 @@ impl Tracker {
         if !name.is_empty() && !self.statements_follow {
             self.effects.pins = self.effects.pins.or(Some("named prepared statement"));
         }
-        self.effects
-            .merge(sql::effects(parts.next().unwrap_or_default()));
+        let effects = sql::effects(parts.next().unwrap_or_default());
+        self.query_names_statements = effects.statements;
+        self.effects.merge(effects);
     }
 
     pub fn server_message(&mut self, tag: u8, msg: Option<&[u8]>) -> Flow {

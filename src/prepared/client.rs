@@ -40,9 +40,13 @@ impl Prepared {
             fresh,
             names_statements,
         } = seen;
-        self.retry.keep(found, c2s, fresh && self.expect.is_empty());
+        let named_bind = found.tag == frontend::BIND
+            && found.whole
+            && Bind::read(c2s.message(found)).is_some_and(|b| !b.statement.is_empty());
+        let fresh = fresh && self.expect.is_empty();
+        self.retry.keep(found, c2s, fresh, named_bind);
         match found.tag {
-            frontend::PARSE if found.whole => self.parse(found, c2s, server),
+            frontend::PARSE if found.whole => self.parse(found, c2s, server, names_statements),
             frontend::BIND if found.whole => self.bind(found, c2s, server),
             frontend::DESCRIBE if found.whole => self.describe(found, c2s, server),
             frontend::CLOSE if found.whole => self.close(found, c2s),
@@ -71,19 +75,32 @@ impl Prepared {
         c2s.forward(found.taken);
     }
 
-    fn parse(&mut self, found: Found, c2s: &mut Pump, server: &mut ServerStatements) {
+    fn parse(
+        &mut self,
+        found: Found,
+        c2s: &mut Pump,
+        server: &mut ServerStatements,
+        names_statements: bool,
+    ) {
         let Some(parse) = Parse::read(c2s.message(found)) else {
             return self.pass(Answer::Parse, found, c2s);
         };
-        if let Some(Command::DiscardAll | Command::Deallocate(None)) = command::read(parse.query())
-        {
+        let command = if names_statements {
+            command::read(parse.query())
+        } else {
+            None
+        };
+        if let Some(Command::DiscardAll | Command::Deallocate(None)) = command {
             // Run through the extended protocol, it drops every statement when executed;
             // taken as done now (a statement believed missing is closed before it is
             // prepared again, so being wrong costs nothing).
             self.client.take_all();
             server.take_all();
         }
-        let executes = self.executes(&parse);
+        let executes = match command {
+            Some(Command::Execute { name, arguments }) => self.executes(&parse, &name, arguments),
+            _ => None,
+        };
         if parse.name.is_empty() {
             let Some((depends, definition)) = executes else {
                 return self.pass(Answer::Parse, found, c2s);
@@ -243,12 +260,14 @@ impl Prepared {
 
     /// A Parse of `EXECUTE name …` for a statement this client prepared: the statement it
     /// runs, and the Parse's definition with the server-side name in the text.
-    fn executes(&self, parse: &Parse<'_>) -> Option<(Arc<Statement>, Vec<u8>)> {
+    fn executes(
+        &self,
+        parse: &Parse<'_>,
+        name: &[u8],
+        arguments: &[u8],
+    ) -> Option<(Arc<Statement>, Vec<u8>)> {
         let query = parse.query();
-        let Some(Command::Execute { name, arguments }) = command::read(query) else {
-            return None;
-        };
-        let depends = self.client.get(&name)?.clone();
+        let depends = self.client.get(name)?.clone();
         let mut definition = b"EXECUTE ".to_vec();
         definition.extend_from_slice(depends.server_name());
         definition.push(b' ');

@@ -33,6 +33,9 @@ enum State {
     /// or was retried once already.
     #[default]
     Off,
+    /// The pipeline began outside a transaction; nothing worth keeping yet (only a Bind of
+    /// a named statement can fail on a stale plan, and a retry starts there).
+    Armed,
     /// Keeping the client's messages as they arrive.
     Keeping,
     /// The pipeline ended with a Sync; nothing after it yet.
@@ -60,10 +63,20 @@ impl Retry {
     }
 
     /// Keeps a client message. `fresh`: it starts a pipeline on a server that owes nothing
-    /// and is outside a transaction.
-    pub fn keep(&mut self, found: Found, c2s: &Pump, fresh: bool) {
+    /// and is outside a transaction. `named_bind`: it binds a named statement.
+    pub fn keep(&mut self, found: Found, c2s: &Pump, fresh: bool, named_bind: bool) {
         if fresh {
             self.reset();
+            self.state = State::Armed;
+        }
+        if self.state == State::Armed {
+            if found.tag == frontend::SYNC {
+                // The pipeline ended without binding a named statement.
+                return self.reset();
+            }
+            if !named_bind {
+                return;
+            }
             self.state = State::Keeping;
         }
         let kept_kind = matches!(
