@@ -179,6 +179,14 @@ impl CancelHandle {
     /// Detaches the key from its server before the server goes to anyone else: no new cancel
     /// can reach it, and those already sent have been delivered when this returns.
     pub async fn detach(&self) {
+        {
+            // Usually nothing is in flight: no need to wait on anything.
+            let mut state = lock(&self.target);
+            state.target = None;
+            if state.in_flight == 0 {
+                return;
+            }
+        }
         loop {
             let settled = self.target.settled.notified();
             tokio::pin!(settled);

@@ -267,6 +267,10 @@ impl Link {
         if let Some(end) = self.scan_client(statements) {
             return Step::End(end);
         }
+        // One wait for shutdown for the whole relay: a new one per turn of the loop would
+        // register with the token (a lock) every time.
+        let shutdown = ctx.shutdown.cancelled();
+        tokio::pin!(shutdown);
         loop {
             let deadline = self.watch_time();
             if self.at_boundary() {
@@ -277,7 +281,10 @@ impl Link {
                     return Step::Boundary;
                 }
             }
+            // Biased: no random start per turn; every branch is a readiness wait, so
+            // none can starve another for long.
             tokio::select! {
+                biased;
                 r = client.readable(), if !self.c2s.has_output() && !self.terminating => {
                     if let Err(e) = r { return Step::End(End::ClientIo(e)) }
                     if let Some(end) = self.on_client_readable(client, Some(statements)) { return Step::End(end) }
@@ -294,7 +301,8 @@ impl Link {
                 r = client.writable(), if self.s2c.has_output() => {
                     if let Err(e) = r.and_then(|_| self.s2c.write_to(client)) { return Step::End(End::ClientIo(e)) }
                 }
-                _ = ctx.shutdown.cancelled(), if !self.draining => self.draining = true,
+                // A relay that stops at boundaries leaves shutdown to the wait for the client.
+                _ = &mut shutdown, if !self.draining && !stop_at_boundary => self.draining = true,
                 expired = until(deadline), if deadline.is_some() => {
                     if let Some(end) = self.on_timeout(expired, ctx) { return Step::End(end) }
                 }

@@ -174,6 +174,8 @@ fn over_startup(
 /// Waits, without a server, until the client has sent something for one. `Some` when the
 /// session ends first (the client left, or shutdown found it idle).
 async fn wait_for_client(client: &Stream, link: &mut Link, ctx: &Context) -> Option<End> {
+    let shutdown = ctx.shutdown.cancelled();
+    tokio::pin!(shutdown);
     loop {
         if link.has_request() {
             return None;
@@ -187,7 +189,7 @@ async fn wait_for_client(client: &Stream, link: &mut Link, ctx: &Context) -> Opt
                 if let Err(e) = r { return Some(End::ClientIo(e)) }
                 if let Some(end) = link.on_client_readable(client, None) { return Some(end) }
             }
-            _ = ctx.shutdown.cancelled(), if !link.draining => link.draining = true,
+            _ = &mut shutdown, if !link.draining => link.draining = true,
             expired = super::relay::until(deadline), if deadline.is_some() => {
                 if let Some(end) = link.on_timeout(expired, ctx) { return Some(end) }
             }
