@@ -10,8 +10,7 @@ fn config(pg: &PgServer) -> String {
     one_server_config(pg, "statement")
 }
 
-/// The first column of the first row, over the simple protocol (named prepared statements
-/// would pin the client to its server).
+/// The first column of the first row, over the simple protocol.
 async fn one(client: &tokio_postgres::Client, sql: &str) -> String {
     let messages = client
         .simple_query(sql)
@@ -88,4 +87,31 @@ async fn a_transaction_block_is_refused_and_the_session_goes_on() {
         .unwrap();
     assert_eq!(one(&b, "select count(*)::text from t").await, "2");
     assert_eq!(pg.backend_count("trust_user").await, 1);
+}
+
+/// Named prepared statements follow their clients in statement pooling too: two clients
+/// prepare statements (one the same text, one each their own) and use them alternately on
+/// the one server, each getting its own results.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prepared_statements_of_two_clients_share_one_server() {
+    let pg = PgServer::start();
+    let proxy = start_proxy(&config(&pg)).await;
+    let a = proxy.connect("trust_user", "", "postgres").await;
+    let b = proxy.connect("trust_user", "", "postgres").await;
+    let same_a = a.prepare("select $1::int + 1").await.unwrap();
+    let same_b = b.prepare("select $1::int + 1").await.unwrap();
+    let own_a = a.prepare("select 'a:' || $1::text").await.unwrap();
+    let own_b = b.prepare("select 'b:' || $1::text").await.unwrap();
+    for i in 0..20i32 {
+        let row = a.query_one(&same_a, &[&i]).await.unwrap();
+        assert_eq!(row.get::<_, i32>(0), i + 1);
+        let row = b.query_one(&own_b, &[&i.to_string()]).await.unwrap();
+        assert_eq!(row.get::<_, String>(0), format!("b:{i}"));
+        let row = a.query_one(&own_a, &[&i.to_string()]).await.unwrap();
+        assert_eq!(row.get::<_, String>(0), format!("a:{i}"));
+        let row = b.query_one(&same_b, &[&i]).await.unwrap();
+        assert_eq!(row.get::<_, i32>(0), i + 1);
+    }
+    let pid = "select pg_backend_pid()::text";
+    assert_eq!(one(&a, pid).await, one(&b, pid).await, "not one server");
 }
