@@ -6,9 +6,9 @@
 //! The client's session state follows it from server to server: its settings (startup
 //! parameters, then whatever SET/RESET/set_config left, read back from the server after a
 //! transaction that may have changed them) are applied to each server it gets, and only
-//! where they differ. State that cannot move (LISTEN, temporary tables, WITH HOLD cursors,
-//! SQL PREPARE, session advisory locks, named protocol-level statements for now) pins the
-//! client to its server for the rest of its session; that server is reset before reuse.
+//! where they differ. So do its prepared statements ([`crate::prepared`]). State that
+//! cannot move (LISTEN, temporary tables, WITH HOLD cursors, session advisory locks) pins
+//! the client to its server for the rest of its session; that server is reset before reuse.
 //!
 //! An idle client's whole state is this task's future, so every phase that is not the
 //! relay or the wait for the client is boxed: its size is paid only while it runs.
