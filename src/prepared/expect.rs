@@ -153,8 +153,14 @@ impl Entry {
         self
     }
 
-    fn take_back(self, ran: u32, client: &mut ClientStatements, server: &mut ServerStatements) {
-        for (step, undo) in self.undo.into_iter().rev() {
+    /// Takes back what the statements from `ran` on changed (all of it for `ran` = 0).
+    fn take_back(
+        &mut self,
+        ran: u32,
+        client: &mut ClientStatements,
+        server: &mut ServerStatements,
+    ) {
+        for (step, undo) in self.undo.drain(..).rev() {
             if step >= ran {
                 undo.apply(client, server);
             }
@@ -276,12 +282,7 @@ impl Expect {
             // Query or Sync: still completed by its ReadyForQuery; the statements from the
             // failing one on did not run.
             if let Some(front) = self.queue.front_mut() {
-                let undo = std::mem::take(&mut front.undo);
-                let entry = Entry {
-                    undo,
-                    ..Entry::new(Kind::Write(0))
-                };
-                entry.take_back(self.completes_seen, client, server);
+                front.take_back(self.completes_seen, client, server);
             }
             return;
         }
@@ -297,7 +298,7 @@ impl Expect {
                 _ => false,
             })
             .count();
-        for entry in skipped.into_iter().rev() {
+        for mut entry in skipped.into_iter().rev() {
             entry.take_back(0, client, server);
         }
         self.completes_seen = 0;
@@ -316,7 +317,7 @@ impl Expect {
 
     /// Drops every entry, taking back their changes (the server is going away).
     pub fn abandon(&mut self, client: &mut ClientStatements, server: &mut ServerStatements) {
-        while let Some(entry) = self.queue.pop_back() {
+        while let Some(mut entry) = self.queue.pop_back() {
             entry.take_back(0, client, server);
         }
     }
