@@ -8,8 +8,10 @@
 //! - [`listener`]: binds TCP and Unix sockets, admits clients (client caps), one task each.
 //! - [`protocol`]: tags, header-only framing, startup classification, errors we send.
 //! - [`auth`]: client authentication (trust, password, md5, SCRAM) and secret storage.
-//! - [`client`]: one client session: handshake, login (with the per-identity client
-//!   caps), the relay loop.
+//! - [`client`]: one client connection: handshake, login (with the per-identity client
+//!   caps), then its session in [`relay`].
+//! - [`relay`]: a logged-in client's session: the sans-IO protocol state machine
+//!   ([`relay::machine`]) and the loop that moves bytes and acts on its verdicts.
 //! - [`server`]: one backend connection: connect, log in, parameters, reset.
 //! - [`pool`]: a pool per (database, user) with a checkout guard; the budget (server caps
 //!   across pools) and the fair queue (who of the waiting clients is served next).
@@ -31,6 +33,7 @@ pub mod pool;
 pub mod prepared;
 pub mod protocol;
 pub mod refusals;
+pub mod relay;
 pub mod server;
 pub mod shutdown;
 pub mod stream;

@@ -17,23 +17,15 @@ use crate::cancel::CancelHandle;
 use crate::config::{Config, Database, User};
 use crate::context::Context;
 use crate::pool::{ClientId, Pool, PoolKey, PoolSettings, PooledServer};
+use crate::protocol::sql::Strings;
 use crate::protocol::{messages, PgError, TransactionStatus};
+use crate::relay::Session;
 use crate::server::params::client_parameters;
 use crate::server::{Credential, ServerError, ServerTarget};
 use crate::stream::Stream;
 
 /// SQLSTATE Postgres uses for a bad startup option value.
 const INVALID_PARAMETER_VALUE: &str = "22023";
-
-/// A logged-in client: its pool, cancel key and settings. It holds no server yet.
-pub struct Session {
-    pub pool: Pool,
-    pub cancel: CancelHandle,
-    /// The session settings the client asked for, applied to every server it gets.
-    pub wanted: Vec<(String, String)>,
-    /// Who the fair queue serves this client as.
-    pub who: ClientId,
-}
 
 /// Logs a client in; the [`Slots`] it gets hold its places under the per-identity client
 /// caps until dropped (they are taken only once it has authenticated).
@@ -85,11 +77,14 @@ pub async fn login(
     };
     let cancel = ctx.cancels.register();
     stream.write_all(&login_ok(&reported, &cancel)).await?;
+    let strings = (reported.get("standard_conforming_strings"))
+        .map_or(Strings::Standard, |v| Strings::from_setting(v.as_bytes()));
     let session = Session {
         pool,
         cancel,
         wanted,
         who,
+        strings,
     };
     Ok((session, slots))
 }

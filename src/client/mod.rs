@@ -1,14 +1,10 @@
 //! One client connection from accept to close: [`handshake`] (startup packet, SSL/GSS
 //! refusal, cancel requests), [`login`] (routing, authentication, a server, parameters),
-//! then [`relay`] (the session loop), and finally the server's return to its pool.
+//! then the session itself ([`crate::relay`]).
 
 pub mod admission;
 mod handshake;
 mod login;
-pub(crate) mod pump;
-mod relay;
-mod session;
-mod timeouts;
 
 use std::net::SocketAddr;
 
@@ -103,7 +99,7 @@ pub async fn serve(mut stream: Stream, peer: Option<SocketAddr>, ctx: Context) {
         }
     };
     drop(startup); // not needed for the session: keep it out of the idle client's state
-    let reason = relay::run(&mut stream, buf, session, &ctx).await;
+    let reason = crate::relay::run(&mut stream, buf, session, &ctx).await;
     info!(%peer, user = %user, reason = %reason, "client disconnected");
 }
 

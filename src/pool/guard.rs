@@ -32,35 +32,43 @@ impl PooledServer {
 
     /// Returns the server to the pool after running the reset query, if the session left it
     /// `clean` (idle, nothing in flight); otherwise closes it.
-    pub async fn release(mut self, clean: bool) {
-        let Some(mut server) = self.server.take() else {
+    pub async fn release(self, clean: bool) {
+        if !clean {
+            return self
+                .retire(&[], "client left it mid-transaction or mid-request")
+                .await;
+        }
+        let mut this = self;
+        let Some(mut server) = this.server.take() else {
             return;
         };
-        if !clean {
-            abandon(&mut server).await;
-            self.pool.discard(
-                server,
-                "client left it mid-transaction or mid-request",
-                self.who.as_ref(),
-            );
-            return;
-        }
-        let settings = self.pool.settings();
+        let settings = this.pool.settings();
         let reset = tokio::time::timeout(
             settings.connect_timeout,
             server.reset(&settings.reset_query),
         )
         .await;
         match reset {
-            Ok(Ok(())) => self.pool.checkin(server, self.who.as_ref()),
+            Ok(Ok(())) => this.pool.checkin(server, this.who.as_ref()),
             Ok(Err(err)) => {
                 debug!(cause = %err, "reset failed");
-                self.pool
-                    .discard(server, "reset query failed", self.who.as_ref());
+                this.pool
+                    .discard(server, "reset query failed", this.who.as_ref());
             }
-            Err(_) => self
+            Err(_) => this
                 .pool
-                .discard(server, "reset query timed out", self.who.as_ref()),
+                .discard(server, "reset query timed out", this.who.as_ref()),
+        }
+    }
+
+    /// Closes a server whose client left mid-request, as Postgres would have ended that
+    /// client's backend: `pending` (whole messages the client sent before it went) and a
+    /// Terminate are delivered, so the backend finishes what it was asked and exits.
+    /// The slot is freed once the backend is gone (or given up on, see [`abandon`]).
+    pub async fn retire(mut self, pending: &[u8], reason: &str) {
+        if let Some(mut server) = self.server.take() {
+            abandon(&mut server, pending).await;
+            self.pool.discard(server, reason, self.who.as_ref());
         }
     }
 
@@ -80,26 +88,40 @@ impl PooledServer {
     }
 }
 
-/// How long a server left mid-request gets to stop before its slot is freed regardless.
+/// How long a server left mid-request gets to stop before it is cancelled, and then
+/// before its slot is freed regardless.
 const ABANDON_WAIT: Duration = Duration::from_secs(5);
 
 /// Stops a backend left mid-request. Closing the socket alone would let a running query go
 /// on (Postgres notices a gone client only when it next reads or writes) while the slot is
-/// already reused, exceeding `pool_size` for as long as the query runs. So: cancel the
-/// query, ask the backend to exit, and wait (bounded) until it has.
-async fn abandon(server: &mut ServerConn) {
+/// already reused, exceeding `pool_size` for as long as the query runs. So: send what the
+/// client sent and a Terminate, and wait (bounded) until the backend has exited; a backend
+/// still busy then has its query cancelled and gets a last bounded wait.
+async fn abandon(server: &mut ServerConn, pending: &[u8]) {
+    let mut out = bytes::BytesMut::from(pending);
+    crate::protocol::messages::terminate(&mut out);
+    let stream = &mut server.stream;
+    let gone = async {
+        stream.write_all(&out).await?;
+        // End of stream too: a backend in the middle of a message sees it end there.
+        stream.shutdown().await?;
+        let mut sink = vec![0u8; 8192];
+        while stream.read(&mut sink).await? > 0 {}
+        Ok::<(), std::io::Error>(())
+    };
+    if tokio::time::timeout(ABANDON_WAIT, gone).await.is_ok() {
+        return;
+    }
     if !crate::cancel::send(&server.target, server.key, ABANDON_WAIT).await {
         warn!(
             server_id = server.id,
             "cancel of an abandoned request not confirmed"
         );
     }
-    let mut out = bytes::BytesMut::new();
-    crate::protocol::messages::terminate(&mut out);
+    let stream = &mut server.stream;
     let gone = async {
-        server.stream.write_all(&out).await?;
         let mut sink = vec![0u8; 8192];
-        while server.stream.read(&mut sink).await? > 0 {}
+        while stream.read(&mut sink).await? > 0 {}
         Ok::<(), std::io::Error>(())
     };
     if tokio::time::timeout(ABANDON_WAIT, gone).await.is_err() {

@@ -144,6 +144,9 @@ pub(crate) struct PoolShared {
     closed: CancellationToken,
     /// Clients pinned to their server (transaction mode, unmovable session state).
     pinned: AtomicUsize,
+    /// Pinned clients by reason (a client with two reasons counts under both). Pins
+    /// change rarely, so a mutex is cheap enough.
+    pin_reasons: Mutex<Vec<(&'static str, usize)>>,
     /// What this pool's servers report right after login; clients are told these (with
     /// their own settings laid over) without waiting for a server.
     login_params: Mutex<Option<Arc<BTreeMap<String, String>>>>,
@@ -190,10 +193,35 @@ impl Pool {
         }
     }
 
-    /// Counts a client as pinned for as long as the returned guard lives.
-    pub fn pin(&self) -> PinGuard {
+    /// Counts a client as pinned, for `reasons`, for as long as the returned guard lives.
+    pub fn pin(&self, reasons: Vec<&'static str>) -> PinGuard {
         self.0.pinned.fetch_add(1, Ordering::Relaxed);
-        PinGuard(self.clone())
+        self.count_reasons(&reasons, 1);
+        PinGuard {
+            pool: self.clone(),
+            reasons,
+        }
+    }
+
+    /// Pinned clients by reason.
+    pub fn pinned_by_reason(&self) -> Vec<(&'static str, usize)> {
+        self.pin_reasons().clone()
+    }
+
+    fn pin_reasons(&self) -> MutexGuard<'_, Vec<(&'static str, usize)>> {
+        (self.0.pin_reasons.lock()).unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn count_reasons(&self, reasons: &[&'static str], up: isize) {
+        let mut counts = self.pin_reasons();
+        for reason in reasons {
+            match counts.iter_mut().find(|(r, _)| r == reason) {
+                Some((_, n)) => *n = n.saturating_add_signed(up),
+                None if up > 0 => counts.push((reason, 1)),
+                None => {}
+            }
+        }
+        counts.retain(|(_, n)| *n > 0);
     }
 
     pub fn login_params(&self) -> Option<Arc<BTreeMap<String, String>>> {
@@ -221,12 +249,25 @@ impl Pool {
     }
 }
 
-/// A pinned client's mark on its pool; dropped when the client leaves.
-pub struct PinGuard(Pool);
+/// A pinned client's mark on its pool; dropped when the pin ends or the client leaves.
+pub struct PinGuard {
+    pool: Pool,
+    reasons: Vec<&'static str>,
+}
+
+impl PinGuard {
+    /// The client is still pinned, now for `reasons`.
+    pub fn set(&mut self, reasons: Vec<&'static str>) {
+        self.pool.count_reasons(&self.reasons, -1);
+        self.pool.count_reasons(&reasons, 1);
+        self.reasons = reasons;
+    }
+}
 
 impl Drop for PinGuard {
     fn drop(&mut self) {
-        self.0 .0.pinned.fetch_sub(1, Ordering::Relaxed);
+        self.pool.count_reasons(&self.reasons, -1);
+        self.pool.0.pinned.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -300,6 +341,7 @@ impl Pools {
             state: Mutex::new(PoolState::default()),
             closed: self.closed.child_token(),
             pinned: AtomicUsize::new(0),
+            pin_reasons: Mutex::default(),
             login_params: Mutex::new(None),
         }))
     }

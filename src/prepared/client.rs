@@ -6,24 +6,25 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::command::{self, Command};
-use super::expect::{Answer, Entry, Fate, Kind, Undo};
+use super::entry::{Entry, Expects, Fate, Kind, Rename, Undo};
 use super::statements::{Definition, Lookup, ServerStatements, Statement};
 use super::Prepared;
-use crate::client::pump::{Found, Pump};
+use crate::protocol::answers::Answer;
+use crate::protocol::buffer::{Found, Pump};
 use crate::protocol::extended::{self, Bind, Parse, Target};
+use crate::protocol::sql::Strings;
 use crate::protocol::tags::frontend;
-use crate::protocol::PgError;
 
-/// What the transaction tracker knew as a client message passed.
+/// What the protocol machine knew as a client message passed.
 #[derive(Debug, Clone, Copy)]
 pub struct Seen {
-    /// The server is in COPY FROM STDIN, where it ignores Sync.
-    pub copy_in: bool,
     /// The message starts a pipeline outside any transaction, with nothing owed.
     pub fresh: bool,
     /// A Query's statements may involve prepared statements (its text was not seen, or a
     /// statement starts with PREPARE, EXECUTE, DEALLOCATE or DISCARD).
     pub names_statements: bool,
+    /// How the server lexes string constants (the scanner was sure of it).
+    pub strings: Strings,
 }
 
 impl Prepared {
@@ -34,44 +35,46 @@ impl Prepared {
         c2s: &mut Pump,
         server: &mut ServerStatements,
         seen: Seen,
+        owed: &mut dyn Expects,
     ) {
         let Seen {
-            copy_in,
             fresh,
             names_statements,
+            strings,
         } = seen;
         let named_bind = found.tag == frontend::BIND
             && found.whole
             && Bind::read(c2s.message(found)).is_some_and(|b| !b.statement.is_empty());
-        let fresh = fresh && self.expect.is_empty();
+        let fresh = fresh && owed.is_empty();
         self.retry.keep(found, c2s, fresh, named_bind);
         match found.tag {
-            frontend::PARSE if found.whole => self.parse(found, c2s, server, names_statements),
-            frontend::BIND if found.whole => self.bind(found, c2s, server),
-            frontend::DESCRIBE if found.whole => self.describe(found, c2s, server),
-            frontend::CLOSE if found.whole => self.close(found, c2s),
-            frontend::QUERY if found.whole && names_statements => self.query(found, c2s, server),
+            frontend::PARSE if found.whole => {
+                let names_statements = names_statements.then_some(strings);
+                self.parse(found, c2s, server, names_statements, owed)
+            }
+            frontend::BIND if found.whole => self.bind(found, c2s, server, owed),
+            frontend::DESCRIBE if found.whole => self.describe(found, c2s, server, owed),
+            frontend::CLOSE if found.whole => self.close(found, c2s, owed),
+            frontend::QUERY if found.whole && names_statements => {
+                self.query(found, c2s, server, strings, owed)
+            }
             tag => {
-                let answer = match tag {
-                    frontend::PARSE => Some(Answer::Parse),
-                    frontend::BIND => Some(Answer::Bind),
-                    frontend::DESCRIBE => Some(Answer::Describe),
-                    frontend::CLOSE => Some(Answer::Close),
-                    frontend::EXECUTE => Some(Answer::Execute),
-                    frontend::SYNC if !copy_in => Some(Answer::Sync),
-                    frontend::QUERY | frontend::FUNCTION_CALL => Some(Answer::Query),
-                    _ => None,
-                };
-                if let Some(answer) = answer {
-                    self.expect.push(Entry::pass(answer));
+                if let Some(answer) = Answer::to(tag) {
+                    owed.push(Entry::pass(answer));
                 }
                 c2s.forward(found.taken);
             }
         }
     }
 
-    pub(super) fn pass(&mut self, answer: Answer, found: Found, c2s: &mut Pump) {
-        self.expect.push(Entry::pass(answer));
+    pub(super) fn pass(
+        &mut self,
+        answer: Answer,
+        found: Found,
+        c2s: &mut Pump,
+        owed: &mut dyn Expects,
+    ) {
+        owed.push(Entry::pass(answer));
         c2s.forward(found.taken);
     }
 
@@ -80,16 +83,13 @@ impl Prepared {
         found: Found,
         c2s: &mut Pump,
         server: &mut ServerStatements,
-        names_statements: bool,
+        names_statements: Option<Strings>,
+        owed: &mut dyn Expects,
     ) {
         let Some(parse) = Parse::read(c2s.message(found)) else {
-            return self.pass(Answer::Parse, found, c2s);
+            return self.pass(Answer::Parse, found, c2s, owed);
         };
-        let command = if names_statements {
-            command::read(parse.query())
-        } else {
-            None
-        };
+        let command = names_statements.and_then(|strings| command::read(parse.query(), strings));
         if let Some(Command::DiscardAll | Command::Deallocate(None)) = command {
             // Run through the extended protocol, it drops every statement when executed;
             // taken as done now (a statement believed missing is closed before it is
@@ -103,17 +103,16 @@ impl Prepared {
         };
         if parse.name.is_empty() {
             let Some((depends, definition)) = executes else {
-                return self.pass(Answer::Parse, found, c2s);
+                return self.pass(Answer::Parse, found, c2s, owed);
             };
             c2s.drop_message(found.taken);
-            self.ensure(&depends, c2s, server);
+            self.ensure(&depends, c2s, server, owed);
             extended::parse(b"", &definition, c2s.inject());
-            return self.expect.push(Entry::pass(Answer::Parse));
+            return owed.push(Entry::pass(Answer::Parse));
         }
         let name: Box<[u8]> = parse.name.into();
-        if self.client.get(&name).is_some() {
-            c2s.drop_message(found.taken);
-            return self.fail(c2s, PgError::duplicate_statement(&name));
+        if let Some(existing) = self.client.get(&name).cloned() {
+            return self.fail_duplicate(found, c2s, server, existing, owed);
         }
         let (definition, depends) = match executes {
             Some((depends, definition)) => (Bytes::from(definition), Some(depends)),
@@ -126,17 +125,17 @@ impl Prepared {
         match server.lookup(&statement) {
             Lookup::Present => {
                 server.touch(&statement);
-                self.expect.push(Entry::new(Kind::Write(b'1')).undo(undo));
+                owed.push(Entry::new(Kind::Write(b'1')).undo(undo));
             }
             lookup => {
                 if let Some(depends) = &statement.depends {
-                    self.ensure(depends, c2s, server);
+                    self.ensure(depends, c2s, server, owed);
                 }
-                self.make_room(lookup, &statement, c2s, server);
+                self.make_room(lookup, &statement, c2s, server, owed);
                 extended::parse(statement.server_name(), &definition, c2s.inject());
                 let hash = statement.hash;
                 server.insert(statement);
-                self.expect.push(
+                owed.push(
                     Entry::pass(Answer::Parse)
                         .undo(undo)
                         .undo(Undo::ServerRemove(hash)),
@@ -145,76 +144,122 @@ impl Prepared {
         }
     }
 
-    fn bind(&mut self, found: Found, c2s: &mut Pump, server: &mut ServerStatements) {
+    /// A Parse of a name the client already has: the client's Parse is sent under the
+    /// server-side name of its existing statement (made sure to be there), so Postgres
+    /// checks it exactly as it would the client's (a syntax error first, then the name),
+    /// and its 42P05 is renamed to the client's name.
+    fn fail_duplicate(
+        &mut self,
+        found: Found,
+        c2s: &mut Pump,
+        server: &mut ServerStatements,
+        existing: Arc<Statement>,
+        owed: &mut dyn Expects,
+    ) {
+        let definition = match Parse::read(c2s.message(found)) {
+            Some(parse) => Bytes::copy_from_slice(parse.definition),
+            None => Bytes::new(),
+        };
+        let client: Box<[u8]> =
+            Parse::read(c2s.message(found)).map_or(Box::default(), |p| p.name.into());
+        c2s.drop_message(found.taken);
+        // Prepared afresh: if the server lacked it after all, the failing Parse would
+        // otherwise create it under its shared name with the client's new definition.
+        server.remove(existing.hash);
+        self.ensure(&existing, c2s, server, owed);
+        extended::parse(existing.server_name(), &definition, c2s.inject());
+        let rename = Rename {
+            provoked: existing.server_name().into(),
+            client,
+        };
+        owed.push(Entry::new(Kind::Await(Answer::Parse, Fate::Fail(rename))));
+    }
+
+    fn bind(
+        &mut self,
+        found: Found,
+        c2s: &mut Pump,
+        server: &mut ServerStatements,
+        owed: &mut dyn Expects,
+    ) {
         let Some(bind) = Bind::read(c2s.message(found)).filter(|b| !b.statement.is_empty()) else {
-            return self.pass(Answer::Bind, found, c2s);
+            return self.pass(Answer::Bind, found, c2s, owed);
         };
-        let statement = match self.named(bind.statement) {
-            Ok(statement) => statement,
-            Err(error) => return self.unknown(error, Answer::Bind, found, c2s),
+        let Some(statement) = self.client.get(bind.statement).cloned() else {
+            let name: Box<[u8]> = bind.statement.into();
+            return self.unknown(&name, Answer::Bind, found, c2s, owed);
         };
+        self.used.merge(statement.effects);
         let portal = bind.portal.to_vec();
         let prefix_len = bind.prefix_len;
         c2s.drop_message(prefix_len);
-        self.ensure(&statement, c2s, server);
+        self.ensure(&statement, c2s, server, owed);
         let rest = found.taken - prefix_len;
         extended::bind_prefix(&portal, statement.server_name(), rest, c2s.inject());
         c2s.forward(rest);
         let mut entry = Entry::pass(Answer::Bind);
         entry.statement = Some(statement);
         entry.origin = self.retry.origin(found);
-        self.expect.push(entry);
+        owed.push(entry);
     }
 
-    fn describe(&mut self, found: Found, c2s: &mut Pump, server: &mut ServerStatements) {
+    fn describe(
+        &mut self,
+        found: Found,
+        c2s: &mut Pump,
+        server: &mut ServerStatements,
+        owed: &mut dyn Expects,
+    ) {
         let target = Target::read(c2s.message(found));
         let Some(target) = target.filter(|t| t.is_statement() && !t.name.is_empty()) else {
-            return self.pass(Answer::Describe, found, c2s);
+            return self.pass(Answer::Describe, found, c2s, owed);
         };
-        let statement = match self.named(target.name) {
-            Ok(statement) => statement,
-            Err(error) => return self.unknown(error, Answer::Describe, found, c2s),
+        let Some(statement) = self.client.get(target.name).cloned() else {
+            let name: Box<[u8]> = target.name.into();
+            return self.unknown(&name, Answer::Describe, found, c2s, owed);
         };
         c2s.drop_message(found.taken);
-        self.ensure(&statement, c2s, server);
+        self.ensure(&statement, c2s, server, owed);
         let out = c2s.inject();
         extended::statement_target(frontend::DESCRIBE, statement.server_name(), out);
-        self.expect.push(Entry::pass(Answer::Describe));
-    }
-
-    /// The client's statement called `name`, or Postgres' error for a name it never defined.
-    fn named(&self, name: &[u8]) -> Result<Arc<Statement>, PgError> {
-        (self.client.get(name).cloned()).ok_or_else(|| PgError::unknown_statement(name))
+        owed.push(Entry::pass(Answer::Describe));
     }
 
     /// A message naming a statement the client does not have: it fails as on Postgres, in
     /// its place in the pipeline; or, from a pinned client, goes on as written (the name
     /// may be one the server holds from SQL pgwarden passed through).
-    fn unknown(&mut self, error: PgError, answer: Answer, found: Found, c2s: &mut Pump) {
+    fn unknown(
+        &mut self,
+        name: &[u8],
+        answer: Answer,
+        found: Found,
+        c2s: &mut Pump,
+        owed: &mut dyn Expects,
+    ) {
         if self.pinned {
-            return self.pass(answer, found, c2s);
+            return self.pass(answer, found, c2s, owed);
         }
         c2s.drop_message(found.taken);
-        self.fail(c2s, error);
+        self.fail_unknown(c2s, name, owed);
     }
 
     /// Closing a statement forgets the client's name; the server keeps the statement for
     /// whoever else uses it, and pgwarden answers CloseComplete itself.
-    fn close(&mut self, found: Found, c2s: &mut Pump) {
+    fn close(&mut self, found: Found, c2s: &mut Pump, owed: &mut dyn Expects) {
         let target = Target::read(c2s.message(found));
         let Some(target) = target.filter(|t| t.is_statement() && !t.name.is_empty()) else {
-            return self.pass(Answer::Close, found, c2s);
+            return self.pass(Answer::Close, found, c2s, owed);
         };
         let name: Box<[u8]> = target.name.into();
         if self.pinned && self.client.get(&name).is_none() {
-            return self.pass(Answer::Close, found, c2s);
+            return self.pass(Answer::Close, found, c2s, owed);
         }
         c2s.drop_message(found.taken);
         let mut entry = Entry::new(Kind::Write(b'3'));
         if let Some(statement) = self.client.remove(&name) {
             entry = entry.undo(Undo::ClientRestore(name, statement));
         }
-        self.expect.push(entry);
+        owed.push(entry);
     }
 
     /// Makes sure the server holds `statement`, preparing it first if not. The answers to
@@ -225,21 +270,22 @@ impl Prepared {
         statement: &Arc<Statement>,
         c2s: &mut Pump,
         server: &mut ServerStatements,
+        owed: &mut dyn Expects,
     ) {
         if let Some(depends) = &statement.depends {
-            self.ensure(depends, c2s, server);
+            self.ensure(depends, c2s, server, owed);
         }
         let lookup = server.lookup(statement);
         if let Lookup::Present = lookup {
             return server.touch(statement);
         }
-        self.make_room(lookup, statement, c2s, server);
+        self.make_room(lookup, statement, c2s, server, owed);
         let undo = Undo::ServerRemove(statement.hash);
-        let swallow = |answer| Entry::new(Kind::Await(answer, Fate::Swallow));
+        let swallow = Entry::swallow;
         match &statement.definition {
             Definition::Protocol(definition) => {
                 extended::parse(statement.server_name(), definition, c2s.inject());
-                self.expect.push(swallow(Answer::Parse).undo(undo));
+                owed.push(swallow(Answer::Parse).undo(undo));
             }
             // An SQL-level statement used from the protocol: run its PREPARE through the
             // unnamed statement.
@@ -250,9 +296,9 @@ impl Prepared {
                 extended::parse(b"", &text, out);
                 extended::bind_unnamed(out);
                 extended::execute_unnamed(out);
-                self.expect.push(swallow(Answer::Parse));
-                self.expect.push(swallow(Answer::Bind));
-                self.expect.push(swallow(Answer::Execute).undo(undo));
+                owed.push(swallow(Answer::Parse));
+                owed.push(swallow(Answer::Bind));
+                owed.push(swallow(Answer::Execute).undo(undo));
             }
         }
         server.insert(statement.clone());
@@ -288,18 +334,18 @@ impl Prepared {
         statement: &Statement,
         c2s: &mut Pump,
         server: &mut ServerStatements,
+        owed: &mut dyn Expects,
     ) {
         match lookup {
-            Lookup::Taken(other) => self.close_on_server(other, c2s.inject(), server),
+            Lookup::Taken(other) => self.close_on_server(other, c2s.inject(), server, owed),
             _ => {
                 let out = c2s.inject();
                 extended::statement_target(frontend::CLOSE, statement.server_name(), out);
-                self.expect
-                    .push(Entry::new(Kind::Await(Answer::Close, Fate::Swallow)));
+                owed.push(Entry::swallow(Answer::Close));
             }
         }
         if let Some(victim) = server.victim(self.max) {
-            self.close_on_server(victim, c2s.inject(), server);
+            self.close_on_server(victim, c2s.inject(), server, owed);
         }
     }
 }

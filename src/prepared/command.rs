@@ -3,7 +3,7 @@
 
 use std::borrow::Cow;
 
-use crate::protocol::sql::{for_each_statement, single_statement};
+use crate::protocol::sql::{for_each_statement, single_statement, Strings};
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Command<'a> {
@@ -32,17 +32,17 @@ pub enum Piece<'a> {
 
 /// The statements of a Query's text, if any of them is a command; `None` (without
 /// allocating) for the usual Query that holds none.
-pub fn read_all(sql: &[u8]) -> Option<Vec<Piece<'_>>> {
+pub fn read_all(sql: &[u8], strings: Strings) -> Option<Vec<Piece<'_>>> {
     let sql = sql.strip_suffix(b"\0").unwrap_or(sql);
     let mut any = false;
-    for_each_statement(sql, |statement| {
+    for_each_statement(sql, strings, |statement| {
         any = any || read_statement(statement).is_some()
     });
     if !any {
         return None;
     }
     let mut pieces = Vec::new();
-    for_each_statement(sql, |statement| {
+    for_each_statement(sql, strings, |statement| {
         pieces.push(match read_statement(statement) {
             Some(command) => Piece::Command(statement, command),
             None => Piece::Verbatim(statement),
@@ -52,9 +52,9 @@ pub fn read_all(sql: &[u8]) -> Option<Vec<Piece<'_>>> {
 }
 
 /// The command in a Query's text, if its only statement is one of them.
-pub fn read(sql: &[u8]) -> Option<Command<'_>> {
+pub fn read(sql: &[u8], strings: Strings) -> Option<Command<'_>> {
     let sql = sql.strip_suffix(b"\0").unwrap_or(sql);
-    read_statement(single_statement(sql)?)
+    read_statement(single_statement(sql, strings)?)
 }
 
 /// The command one statement is, if it is one.
@@ -203,49 +203,65 @@ mod tests {
     #[test]
     fn reads_each_command_and_folds_unquoted_names() {
         assert_eq!(
-            read(b"PREPARE Foo (int) AS select $1;"),
+            read(b"PREPARE Foo (int) AS select $1;", Strings::Standard),
             Some(Command::Prepare {
                 name: name("foo"),
                 definition: b"(int) AS select $1"
             })
         );
         assert_eq!(
-            read(b"  /* hi */ execute \"Foo\"\"x\" (1, 'a;b')"),
+            read(
+                b"  /* hi */ execute \"Foo\"\"x\" (1, 'a;b')",
+                Strings::Standard
+            ),
             Some(Command::Execute {
                 name: name("Foo\"x"),
                 arguments: b"(1, 'a;b')"
             })
         );
         assert_eq!(
-            read(b"execute p"),
+            read(b"execute p", Strings::Standard),
             Some(Command::Execute {
                 name: name("p"),
                 arguments: b""
             })
         );
         assert_eq!(
-            read(b"DEALLOCATE PREPARE p"),
+            read(b"DEALLOCATE PREPARE p", Strings::Standard),
             Some(Command::Deallocate(Some(name("p"))))
         );
-        assert_eq!(read(b"deallocate all"), Some(Command::Deallocate(None)));
-        assert_eq!(read(b"discard all\0"), Some(Command::DiscardAll));
+        assert_eq!(
+            read(b"deallocate all", Strings::Standard),
+            Some(Command::Deallocate(None))
+        );
+        assert_eq!(
+            read(b"discard all\0", Strings::Standard),
+            Some(Command::DiscardAll)
+        );
     }
 
     #[test]
     fn other_statements_and_several_statements_are_not_commands() {
-        assert_eq!(read(b"select 1"), None);
-        assert_eq!(read(b"prepare transaction 'x'"), None);
-        assert_eq!(read(b"prepare p as select 1; execute p"), None);
-        assert_eq!(read_all(b"select 1; select 2"), None);
-        let pieces = read_all(b"begin; prepare y as select 'y'; execute y; commit").unwrap();
+        assert_eq!(read(b"select 1", Strings::Standard), None);
+        assert_eq!(read(b"prepare transaction 'x'", Strings::Standard), None);
+        assert_eq!(
+            read(b"prepare p as select 1; execute p", Strings::Standard),
+            None
+        );
+        assert_eq!(read_all(b"select 1; select 2", Strings::Standard), None);
+        let pieces = read_all(
+            b"begin; prepare y as select 'y'; execute y; commit",
+            Strings::Standard,
+        )
+        .unwrap();
         assert_eq!(pieces.len(), 4);
         assert_eq!(pieces[0], Piece::Verbatim(b"begin"));
         assert!(matches!(
             pieces[2],
             Piece::Command(_, Command::Execute { .. })
         ));
-        assert_eq!(read(b"discard plans"), None);
-        assert_eq!(read(b"prepare p"), None);
-        assert_eq!(read(b"execute \"unterminated"), None);
+        assert_eq!(read(b"discard plans", Strings::Standard), None);
+        assert_eq!(read(b"prepare p", Strings::Standard), None);
+        assert_eq!(read(b"execute \"unterminated", Strings::Standard), None);
     }
 }

@@ -9,19 +9,22 @@ use std::sync::Arc;
 use bytes::{BufMut, Bytes};
 
 use super::command::{self, Command, Piece};
-use super::expect::{Answer, Entry, Fate, Kind, Undo};
+use super::entry::{Entry, Expects, Fate, Kind, Rename, Undo};
 use super::statements::{Definition, Lookup, ServerStatements, Statement};
-use super::Prepared;
-use crate::client::pump::{Found, Pump};
+use super::{Prepared, ABSENT};
+use crate::protocol::answers::Answer;
+use crate::protocol::buffer::{Found, Pump};
+use crate::protocol::extended;
 use crate::protocol::framing::HEADER_LEN;
+use crate::protocol::sql::Strings;
 use crate::protocol::tags::frontend;
-use crate::protocol::{extended, PgError};
 
 /// Statements that answer `PREPARE` and `DEALLOCATE` and change nothing: the answer to a
 /// PREPARE the server already holds, or a DEALLOCATE of a statement it keeps for others.
 const PREPARE_NOTHING: &[u8] = b"PREPARE pgwarden_nothing AS SELECT";
 const DEALLOCATE_NOTHING: &[u8] = b"DEALLOCATE pgwarden_nothing";
-/// A statement that fails (26000): stands in for one the client got wrong.
+/// A statement that fails with Postgres' 26000 for a name no server holds: stands in for
+/// an EXECUTE or DEALLOCATE of a name the client never prepared.
 const FAILS: &[u8] = b"DEALLOCATE \"pgwarden.absent\"";
 /// Statements a rewritten Query may hold: one bit each in the swallow mask.
 const MAX_STATEMENTS: u32 = 64;
@@ -34,8 +37,8 @@ struct Rewrite {
     swallow: u64,
     statements: u32,
     undo: Vec<(u32, Undo)>,
-    /// The statement standing in for the client's error, and Postgres' error for it.
-    fail: Option<(u32, Bytes)>,
+    /// The statement standing in for the client's error, and how its error is renamed.
+    fail: Option<(u32, Rename)>,
 }
 
 impl Rewrite {
@@ -59,10 +62,20 @@ impl Rewrite {
         self.undo.push((self.statements.saturating_sub(1), undo));
     }
 
-    /// The client's statement fails with `error`, as it would on Postgres.
-    fn fail(&mut self, error: PgError) {
-        self.statement(&[FAILS], false);
-        self.fail = Some((self.statements - 1, error.to_bytes().freeze()));
+    /// The client's statement is replaced by `parts`, which fail as the client's would;
+    /// the server's error then names the client's statement instead of `rename.provoked`.
+    fn fail(&mut self, parts: &[&[u8]], rename: Rename) {
+        self.statement(parts, false);
+        self.fail = Some((self.statements - 1, rename));
+    }
+
+    /// An EXECUTE or DEALLOCATE of `name`, which the client never prepared.
+    fn fail_unknown(&mut self, name: &[u8]) {
+        let rename = Rename {
+            provoked: ABSENT.into(),
+            client: name.into(),
+        };
+        self.fail(&[FAILS], rename);
     }
 }
 
@@ -79,10 +92,17 @@ pub(super) fn prepare_text(statement: &Statement) -> Vec<u8> {
 }
 
 impl Prepared {
-    pub(super) fn query(&mut self, found: Found, c2s: &mut Pump, server: &mut ServerStatements) {
+    pub(super) fn query(
+        &mut self,
+        found: Found,
+        c2s: &mut Pump,
+        server: &mut ServerStatements,
+        strings: Strings,
+        owed: &mut dyn Expects,
+    ) {
         let text = &c2s.message(found)[HEADER_LEN..];
-        let Some(pieces) = command::read_all(text) else {
-            return self.pass(Answer::Query, found, c2s);
+        let Some(pieces) = command::read_all(text, strings) else {
+            return self.pass(Answer::Query, found, c2s, owed);
         };
         let pieces: Vec<Owned> = pieces.into_iter().map(owned).collect();
         c2s.drop_message(found.taken);
@@ -95,7 +115,7 @@ impl Prepared {
                 rewrite.statement(&[&piece.text], false);
                 continue;
             }
-            self.rewrite_piece(piece, &mut rewrite, c2s, server);
+            self.rewrite_piece(piece, &mut rewrite, c2s, server, owed);
         }
         if rewrite.statements > MAX_STATEMENTS {
             tracing::warn!(
@@ -113,7 +133,7 @@ impl Prepared {
         };
         let mut entry = Entry::new(Kind::Await(Answer::Query, fate));
         entry.undo = rewrite.undo;
-        self.expect.push(entry);
+        owed.push(entry);
     }
 
     fn rewrite_piece(
@@ -122,106 +142,97 @@ impl Prepared {
         rewrite: &mut Rewrite,
         c2s: &mut Pump,
         server: &mut ServerStatements,
+        owed: &mut dyn Expects,
     ) {
-        let outcome = match piece.command {
-            None => {
-                rewrite.statement(&[&piece.text], false);
-                Ok(())
-            }
-            Some(Cmd::Prepare(name, definition)) => {
-                self.sql_prepare(name, definition, rewrite, c2s, server)
-            }
-            Some(Cmd::Execute(name, arguments)) => {
-                self.sql_execute(name, arguments, rewrite, c2s, server)
-            }
-            Some(Cmd::Deallocate(name)) => self.sql_deallocate(name, rewrite),
+        let mut at = Place {
+            rewrite,
+            c2s,
+            server,
+            owed,
+        };
+        match piece.command {
+            None => at.rewrite.statement(&[&piece.text], false),
+            Some(Cmd::Prepare(name, definition)) => self.sql_prepare(name, definition, &mut at),
+            Some(Cmd::Execute(name, arguments)) => self.sql_execute(name, arguments, &mut at),
+            Some(Cmd::Deallocate(name)) => self.sql_deallocate(name, at.rewrite),
             Some(Cmd::All) => {
                 // Runs as written: the server forgets all its statements, the client all
                 // its names.
-                rewrite.statement(&[&piece.text], false);
-                rewrite.undo(Undo::ClientRestoreAll(self.client.take_all()));
-                rewrite.undo(Undo::ServerRestoreAll(server.take_all()));
-                Ok(())
+                at.rewrite.statement(&[&piece.text], false);
+                at.rewrite
+                    .undo(Undo::ClientRestoreAll(self.client.take_all()));
+                at.rewrite
+                    .undo(Undo::ServerRestoreAll(at.server.take_all()));
             }
-        };
-        if let Err(error) = outcome {
-            rewrite.fail(error);
         }
     }
 
-    fn sql_prepare(
-        &mut self,
-        name: Box<[u8]>,
-        definition: Bytes,
-        rewrite: &mut Rewrite,
-        c2s: &mut Pump,
-        server: &mut ServerStatements,
-    ) -> Result<(), PgError> {
-        if self.client.get(&name).is_some() {
-            return Err(PgError::duplicate_statement(&name));
+    fn sql_prepare(&mut self, name: Box<[u8]>, definition: Bytes, at: &mut Place<'_>) {
+        if let Some(existing) = self.client.get(&name).cloned() {
+            // Postgres checks the definition first, then the name: so the client's
+            // definition is prepared under the name of a statement the server holds.
+            self.present_for_query(&existing, at);
+            let rename = Rename {
+                provoked: existing.server_name().into(),
+                client: name,
+            };
+            let parts: [&[u8]; 4] = [b"PREPARE ", existing.server_name(), b" ", &definition];
+            return at.rewrite.fail(&parts, rename);
         }
         let statement = Statement::new(Definition::Sql(definition), None);
         self.client.insert(&name, statement.clone());
-        if let Lookup::Present = server.lookup(&statement) {
-            server.touch(&statement);
-            rewrite.statement(&[PREPARE_NOTHING], false);
-            rewrite.undo(Undo::ClientRemove(name));
-            rewrite.statement(&[DEALLOCATE_NOTHING], true);
-            return Ok(());
+        if let Lookup::Present = at.server.lookup(&statement) {
+            at.server.touch(&statement);
+            at.rewrite.statement(&[PREPARE_NOTHING], false);
+            at.rewrite.undo(Undo::ClientRemove(name));
+            at.rewrite.statement(&[DEALLOCATE_NOTHING], true);
+            return;
         }
         let undo = Undo::ClientRemove(name);
-        self.prepare_in_query(&statement, rewrite, c2s, server, false, Some(undo));
-        Ok(())
+        self.prepare_in_query(&statement, at, false, Some(undo));
     }
 
-    fn sql_execute(
-        &mut self,
-        name: Box<[u8]>,
-        arguments: Bytes,
-        rewrite: &mut Rewrite,
-        c2s: &mut Pump,
-        server: &mut ServerStatements,
-    ) -> Result<(), PgError> {
+    fn sql_execute(&mut self, name: Box<[u8]>, arguments: Bytes, at: &mut Place<'_>) {
         let Some(statement) = self.client.get(&name).cloned() else {
             if self.pinned {
-                rewrite.statement(&[b"EXECUTE ", &quoted(&name), b" ", &arguments], false);
-                return Ok(());
+                let parts: [&[u8]; 4] = [b"EXECUTE ", &quoted(&name), b" ", &arguments];
+                return at.rewrite.statement(&parts, false);
             }
-            return Err(PgError::unknown_statement(&name));
+            return at.rewrite.fail_unknown(&name);
         };
-        match (&statement.definition, server.lookup(&statement)) {
-            (_, Lookup::Present) => server.touch(&statement),
-            (Definition::Sql(_), _) => {
-                self.prepare_in_query(&statement, rewrite, c2s, server, true, None)
-            }
-            // A protocol-level statement run with EXECUTE: prepared by a Parse (and a Sync,
-            // so a failure cannot make the server skip the Query) ahead of the Query.
-            (Definition::Protocol(_), _) => {
-                self.ensure(&statement, c2s, server);
-                extended::sync(c2s.inject());
-                self.expect
-                    .push(Entry::new(Kind::Await(Answer::Sync, Fate::Swallow)));
-            }
-        }
-        rewrite.statement(
+        self.used.merge(statement.effects);
+        self.present_for_query(&statement, at);
+        at.rewrite.statement(
             &[b"EXECUTE ", statement.server_name(), b" ", &arguments],
             false,
         );
-        Ok(())
     }
 
-    fn sql_deallocate(&mut self, name: Box<[u8]>, rewrite: &mut Rewrite) -> Result<(), PgError> {
+    /// Makes sure the server holds `statement` when the Query runs.
+    fn present_for_query(&mut self, statement: &Arc<Statement>, at: &mut Place<'_>) {
+        match (&statement.definition, at.server.lookup(statement)) {
+            (_, Lookup::Present) => at.server.touch(statement),
+            (Definition::Sql(_), _) => self.prepare_in_query(statement, at, true, None),
+            // A protocol-level statement run with EXECUTE: prepared by a Parse (and a Sync,
+            // so a failure cannot make the server skip the Query) ahead of the Query.
+            (Definition::Protocol(_), _) => {
+                self.ensure(statement, at.c2s, at.server, at.owed);
+                extended::sync(at.c2s.inject());
+                at.owed.push(Entry::swallow(Answer::Sync));
+            }
+        }
+    }
+
+    fn sql_deallocate(&mut self, name: Box<[u8]>, rewrite: &mut Rewrite) {
         let Some(statement) = self.client.remove(&name) else {
             if self.pinned {
-                rewrite.statement(&[b"DEALLOCATE ", &quoted(&name)], false);
-                return Ok(());
+                return rewrite.statement(&[b"DEALLOCATE ", &quoted(&name)], false);
             }
-            return Err(PgError::unknown_statement(&name));
+            return rewrite.fail_unknown(&name);
         };
         rewrite.statement(&[PREPARE_NOTHING], true);
         rewrite.statement(&[DEALLOCATE_NOTHING], false);
         rewrite.undo(Undo::ClientRestore(name, statement));
-        Ok(())
     }
 
     /// Adds `PREPARE pgw_…` for an SQL-level statement the server lacks, `hidden` when the
@@ -229,37 +240,44 @@ impl Prepared {
     fn prepare_in_query(
         &mut self,
         statement: &Arc<Statement>,
-        rewrite: &mut Rewrite,
-        c2s: &mut Pump,
-        server: &mut ServerStatements,
+        at: &mut Place<'_>,
         hidden: bool,
         client_undo: Option<Undo>,
     ) {
         // The name is freed ahead of the Query by a Close (and a Sync, its answers
         // swallowed): a missing statement is no error there, as it would be for DEALLOCATE.
         // A victim making room goes after the PREPARE, so a PREPARE that fails leaves it.
-        let out = c2s.inject();
+        let out = at.c2s.inject();
         extended::statement_target(frontend::CLOSE, statement.server_name(), out);
         extended::sync(out);
-        if let Lookup::Taken(other) = server.lookup(statement) {
-            server.remove(other.hash);
+        if let Lookup::Taken(other) = at.server.lookup(statement) {
+            at.server.remove(other.hash);
         }
-        let swallow = |answer| Entry::new(Kind::Await(answer, Fate::Swallow));
-        self.expect.push(swallow(Answer::Close));
-        self.expect.push(swallow(Answer::Sync));
-        let victim = server.victim(self.max);
+        at.owed.push(Entry::swallow(Answer::Close));
+        at.owed.push(Entry::swallow(Answer::Sync));
+        let victim = at.server.victim(self.max);
+        let rewrite = &mut *at.rewrite;
         rewrite.statement(&[&prepare_text(statement)], hidden);
-        server.insert(statement.clone());
+        at.server.insert(statement.clone());
         rewrite.undo(Undo::ServerRemove(statement.hash));
         if let Some(undo) = client_undo {
             rewrite.undo(undo);
         }
         if let Some(victim) = victim {
             rewrite.statement(&[b"DEALLOCATE ", victim.server_name()], true);
-            server.remove(victim.hash);
+            at.server.remove(victim.hash);
             rewrite.undo(Undo::ServerRestore(victim));
         }
     }
+}
+
+/// Where a statement of a rewritten Query is being put: the Query, the messages that go
+/// ahead of it, the server's statements and the answers owed.
+struct Place<'a> {
+    rewrite: &'a mut Rewrite,
+    c2s: &'a mut Pump,
+    server: &'a mut ServerStatements,
+    owed: &'a mut dyn Expects,
 }
 
 /// A name as a quoted identifier.

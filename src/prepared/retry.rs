@@ -8,9 +8,10 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
-use super::expect::{Answer, Entry, Fate, Kind};
+use super::entry::{Entry, Fate, Kind};
 use super::statements::Statement;
-use crate::client::pump::{Found, Pump};
+use crate::protocol::answers::Answer;
+use crate::protocol::buffer::{Found, Pump};
 use crate::protocol::errors::parse_error_fields;
 use crate::protocol::framing::HEADER_LEN;
 use crate::protocol::sqlstate;

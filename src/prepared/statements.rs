@@ -9,6 +9,8 @@ use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 
+use crate::protocol::sql::{self, Effects, Strings};
+
 /// How a statement was defined; both kinds share one namespace, as on Postgres.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Definition {
@@ -23,6 +25,9 @@ pub enum Definition {
 #[derive(Debug)]
 pub struct Statement {
     pub definition: Definition,
+    /// What running it may do to the session, read from its text under either lexing of
+    /// strings (it may be run in sessions with either).
+    pub effects: Effects,
     /// The SQL-level statement this one EXECUTEs: it must be on the server too.
     pub depends: Option<Arc<Statement>>,
     pub hash: u64,
@@ -42,6 +47,11 @@ fn keys() -> &'static RandomState {
 impl Statement {
     pub fn new(definition: Definition, depends: Option<Arc<Statement>>) -> Arc<Statement> {
         let hash = keys().hash_one(&definition);
+        let text = match &definition {
+            Definition::Protocol(d) | Definition::Sql(d) => d,
+        };
+        let mut effects = sql::effects(text, Strings::Standard);
+        effects.merge(sql::effects(text, Strings::Escaped));
         let mut name = [0u8; SERVER_NAME_LEN];
         name[..4].copy_from_slice(SERVER_NAME_PREFIX);
         for (i, byte) in hash.to_be_bytes().iter().enumerate() {
@@ -51,6 +61,7 @@ impl Statement {
         }
         Arc::new(Statement {
             definition,
+            effects,
             depends,
             hash,
             name,

@@ -202,9 +202,85 @@ pub fn parse_error_fields(body: &[u8]) -> (String, String) {
     (code, message)
 }
 
+/// Whether an ErrorResponse or NoticeResponse body carries a five-character SQLSTATE, as
+/// every one from Postgres does (the fields end with a NUL of their own).
+pub fn has_sqlstate(body: &[u8]) -> bool {
+    let Some(fields) = body.strip_suffix(&[0]) else {
+        return false;
+    };
+    fields
+        .split(|b| *b == 0)
+        .any(|field| field.first() == Some(&b'C') && field.len() == 6)
+}
+
+/// An ErrorResponse (whole, header included) with `from` replaced by `to` in its message
+/// field: Postgres' error for a name pgwarden chose, made the error for the client's name.
+/// Every other field stays as the server sent it.
+pub fn rename(msg: &[u8], from: &[u8], to: &[u8]) -> BytesMut {
+    let mut out = BytesMut::with_capacity(msg.len() + to.len());
+    out.extend_from_slice(&msg[..1]);
+    out.extend_from_slice(&[0; 4]);
+    for field in msg[5..].split(|b| *b == 0) {
+        if field.is_empty() {
+            continue;
+        }
+        match (field.first(), find(field, from)) {
+            (Some(b'M'), Some(at)) => {
+                out.extend_from_slice(&field[..at]);
+                out.extend_from_slice(to);
+                out.extend_from_slice(&field[at + from.len()..]);
+            }
+            _ => out.extend_from_slice(field),
+        }
+        out.extend_from_slice(&[0]);
+    }
+    out.extend_from_slice(&[0]);
+    let len = (out.len() - 1) as u32;
+    out[1..5].copy_from_slice(&len.to_be_bytes());
+    out
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    if needle.is_empty() {
+        return None;
+    }
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_renamed_error_keeps_every_other_field() {
+        let mut body = Vec::new();
+        for field in [
+            &b"SERROR"[..],
+            b"VERROR",
+            b"C26000",
+            b"Mprepared statement \"pgwarden.absent\" does not exist",
+            b"Fprepare.c",
+            b"L462",
+            b"RFetchPreparedStatement",
+        ] {
+            body.extend_from_slice(field);
+            body.push(0);
+        }
+        body.push(0);
+        let mut msg = vec![b'E'];
+        msg.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+        msg.extend_from_slice(&body);
+        assert!(has_sqlstate(&body));
+        let renamed = rename(&msg, b"pgwarden.absent", b"s1");
+        let len = u32::from_be_bytes([renamed[1], renamed[2], renamed[3], renamed[4]]) as usize;
+        assert_eq!(len + 1, renamed.len());
+        let text = String::from_utf8_lossy(&renamed[5..]).into_owned();
+        assert!(text.contains("Mprepared statement \"s1\" does not exist\0"));
+        assert!(text.contains("RFetchPreparedStatement\0"));
+        assert_eq!(renamed.len(), msg.len() - "pgwarden.absent".len() + 2);
+        assert!(!has_sqlstate(b"SERROR\0Mno code\0\0"));
+        assert!(!has_sqlstate(b"C26000"));
+    }
 
     #[test]
     fn error_response_carries_code_and_message() {

@@ -6,16 +6,39 @@
 
 use thiserror::Error;
 
+pub use super::rules::Rules;
+
 /// Bytes in a message header: one tag byte and a four-byte length that counts itself.
 pub const HEADER_LEN: usize = 5;
 
 /// A stream that breaks the framing rules; reported to the peer as SQLSTATE 08P01.
-#[derive(Debug, Error, PartialEq, Eq)]
+/// Detected from the header alone, before any of the body is buffered.
+#[derive(Debug, Error, PartialEq, Eq, Clone)]
 pub enum FramingError {
+    /// Under 4, or not what this message type may have.
     #[error("invalid message length {len} for message type {tag:?}")]
     BadLength { tag: char, len: u32 },
-    #[error("message of type {tag:?} is {len} bytes, over the limit of {max} bytes")]
+    #[error("message of type {tag:?} is {len} bytes, over max_packet_size = {max}")]
     TooLong { tag: char, len: u32, max: u32 },
+    /// No message of this type exists in this direction.
+    #[error("unknown message type {tag:?}")]
+    UnknownType { tag: char },
+    /// A message that exists, but not after login (authentication, BackendKeyData).
+    #[error("unexpected message type {tag:?} after login")]
+    Unexpected { tag: char },
+}
+
+impl FramingError {
+    /// What a client is told when it broke the rules: Postgres' own wording.
+    pub fn client_message(&self) -> String {
+        match self {
+            FramingError::BadLength { .. } => "invalid message length".to_owned(),
+            FramingError::UnknownType { tag } | FramingError::Unexpected { tag } => {
+                format!("invalid frontend message type {}", *tag as u32)
+            }
+            FramingError::TooLong { .. } => self.to_string(),
+        }
+    }
 }
 
 /// One step of scanning a buffer; `taken` counts bytes from the start of the buffer given.
@@ -30,16 +53,27 @@ pub enum Chunk {
 }
 
 /// Scanning state of one direction of a connection; it survives between reads.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Framer {
     /// Bytes of a streamed message still to come.
     rest: usize,
     max_len: u32,
+    rules: Rules,
 }
 
 impl Framer {
+    /// A framer that accepts any tag (the handshake phases check messages themselves).
     pub fn new(max_len: u32) -> Self {
-        Framer { rest: 0, max_len }
+        Framer::with_rules(max_len, Rules::Any)
+    }
+
+    /// A framer that checks each header against `rules` (known tags, lengths per type).
+    pub fn with_rules(max_len: u32, rules: Rules) -> Self {
+        Framer {
+            rest: 0,
+            max_len,
+            rules,
+        }
     }
 
     /// True when the stream stands at a message boundary.
@@ -76,6 +110,7 @@ impl Framer {
                 len,
             });
         }
+        self.rules.check(tag, len)?;
         if len > self.max_len {
             return Err(FramingError::TooLong {
                 tag: tag as char,

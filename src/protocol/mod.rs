@@ -1,12 +1,17 @@
-//! The PostgreSQL v3 wire protocol as pgwarden needs it: tags, header-only framing, startup
-//! classification, whole-message reads for the handshake, and the messages and errors
-//! pgwarden writes itself.
+//! The PostgreSQL v3 wire protocol as pgwarden needs it: tags, header-only framing with the
+//! per-type rules, one direction's buffer, what each message is answered with, startup
+//! classification, whole-message reads for the handshake, the SQL statement scanner, and
+//! the messages and errors pgwarden writes itself. Pure: nothing here does I/O but
+//! [`io`], the handshake's reads.
 
+pub mod answers;
+pub mod buffer;
 pub mod errors;
 pub mod extended;
 pub mod framing;
 pub mod io;
 pub mod messages;
+pub mod rules;
 pub mod sql;
 pub mod startup;
 pub mod tags;

@@ -6,9 +6,144 @@
 //! a SET. It is not a parser: state created inside functions the client calls is invisible
 //! to it (documented in the README).
 
-/// What running a piece of SQL may do to the session, as far as the text shows.
+// ---- Interim API (replaced by the dialect-aware scanner) ----
+
+/// How the server lexes '...' for this session (its standard_conforming_strings).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Strings {
+    #[default]
+    Standard,
+    Escaped,
+    Unknown,
+}
+
+impl Strings {
+    pub fn from_setting(value: &[u8]) -> Strings {
+        match value {
+            b"on" => Strings::Standard,
+            b"off" => Strings::Escaped,
+            _ => Strings::Unknown,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Feature {
+    AdvisoryLock,
+    Listen,
+    HoldCursor,
+    TempTable,
+    Load,
+    SqlPrepare,
+}
+
+impl Feature {
+    pub const ALL: [Feature; 6] = [
+        Feature::AdvisoryLock,
+        Feature::Listen,
+        Feature::HoldCursor,
+        Feature::TempTable,
+        Feature::Load,
+        Feature::SqlPrepare,
+    ];
+    pub fn name(self) -> &'static str {
+        match self {
+            Feature::AdvisoryLock => "session-level advisory lock",
+            Feature::Listen => "LISTEN",
+            Feature::HoldCursor => "WITH HOLD cursor",
+            Feature::TempTable => "temporary table",
+            Feature::Load => "LOAD",
+            Feature::SqlPrepare => "SQL-level PREPARE",
+        }
+    }
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Features(u8);
+
+impl Features {
+    pub const NONE: Features = Features(0);
+    pub fn with(self, f: Feature) -> Features {
+        Features(self.0 | 1 << f as u8)
+    }
+    pub fn without(self, f: Feature) -> Features {
+        Features(self.0 & !(1 << f as u8))
+    }
+    pub fn contains(self, f: Feature) -> bool {
+        self.0 & (1 << f as u8) != 0
+    }
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+    pub fn union(self, o: Features) -> Features {
+        Features(self.0 | o.0)
+    }
+    pub fn iter(self) -> impl Iterator<Item = Feature> {
+        Feature::ALL.into_iter().filter(move |f| self.contains(*f))
+    }
+}
+
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Effects {
+    pub settings: bool,
+    pub acquires: Features,
+    pub releases: bool,
+    pub statements: bool,
+    pub copy: bool,
+    pub unsure: bool,
+}
+
+impl Effects {
+    pub fn merge(&mut self, other: Effects) {
+        self.settings |= other.settings;
+        self.acquires = self.acquires.union(other.acquires);
+        self.releases |= other.releases;
+        self.statements |= other.statements;
+        self.copy |= other.copy;
+        self.unsure |= other.unsure;
+    }
+}
+
+/// Classifies every statement in `sql`.
+pub fn effects(sql: &[u8], _strings: Strings) -> Effects {
+    let old = old_effects(sql);
+    let acquires = match old.pins {
+        Some("LISTEN") => Features::NONE.with(Feature::Listen),
+        Some(SQL_PREPARE) => Features::NONE.with(Feature::SqlPrepare),
+        Some("WITH HOLD cursor") => Features::NONE.with(Feature::HoldCursor),
+        Some("temporary table") => Features::NONE.with(Feature::TempTable),
+        Some("LOAD") => Features::NONE.with(Feature::Load),
+        Some(_) => Features::NONE.with(Feature::AdvisoryLock),
+        None => Features::NONE,
+    };
+    let text = String::from_utf8_lossy(sql).to_ascii_lowercase();
+    let releases = [
+        "unlock",
+        "unlisten",
+        "drop",
+        "close",
+        "discard",
+        "deallocate",
+        "commit",
+        "rollback",
+        "end",
+        "abort",
+    ]
+    .iter()
+    .any(|w| text.contains(w));
+    Effects {
+        settings: old.settings,
+        acquires,
+        releases,
+        statements: old.statements,
+        copy: text.contains("copy"),
+        unsure: false,
+    }
+}
+
+/// What running a piece of SQL may do to the session, as far as the text shows.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct OldEffects {
     /// Session-level settings may have changed (SET, RESET, set_config, DISCARD).
     pub settings: bool,
     /// State that cannot follow the client to another server; names the feature.
@@ -18,8 +153,8 @@ pub struct Effects {
     pub statements: bool,
 }
 
-impl Effects {
-    pub fn merge(&mut self, other: Effects) {
+impl OldEffects {
+    pub fn merge(&mut self, other: OldEffects) {
         self.settings |= other.settings;
         self.pins = self.pins.or(other.pins);
         self.statements |= other.statements;
@@ -27,10 +162,10 @@ impl Effects {
 }
 
 /// The text of `sql` when it holds exactly one statement (without its closing `;`).
-pub fn single_statement(sql: &[u8]) -> Option<&[u8]> {
+pub fn single_statement(sql: &[u8], _strings: Strings) -> Option<&[u8]> {
     let mut count = 0;
     let mut only = &sql[..0];
-    for_each_statement(sql, |statement| {
+    for_each_statement(sql, Strings::Standard, |statement| {
         count += 1;
         only = statement;
     });
@@ -39,7 +174,7 @@ pub fn single_statement(sql: &[u8]) -> Option<&[u8]> {
 
 /// Calls `f` with the text of each statement in `sql` (without its `;`), skipping empty
 /// ones (only blanks and comments).
-pub fn for_each_statement<'a>(sql: &'a [u8], mut f: impl FnMut(&'a [u8])) {
+pub fn for_each_statement<'a>(sql: &'a [u8], _strings: Strings, mut f: impl FnMut(&'a [u8])) {
     let mut words = Words { sql, pos: 0 };
     let mut start = 0;
     let mut has_text = false;
@@ -84,12 +219,12 @@ pub const SQL_PREPARE: &str = "SQL-level PREPARE";
 const MAX_NESTING: usize = 4;
 
 /// Classifies every statement in `sql`.
-pub fn effects(sql: &[u8]) -> Effects {
+fn old_effects(sql: &[u8]) -> OldEffects {
     effects_at(sql, 0)
 }
 
-fn effects_at(sql: &[u8], depth: usize) -> Effects {
-    let mut out = Effects::default();
+fn effects_at(sql: &[u8], depth: usize) -> OldEffects {
+    let mut out = OldEffects::default();
     let mut words = Words { sql, pos: 0 };
     let mut head = Head::default();
     loop {
@@ -139,13 +274,13 @@ impl<'a> Head<'a> {
         i < self.words && self.first[i].eq_ignore_ascii_case(keyword.as_bytes())
     }
 
-    fn effects(&self) -> Effects {
+    fn effects(&self) -> OldEffects {
         let is = |i, kw| self.is(i, kw);
-        let mut out = Effects {
+        let mut out = OldEffects {
             statements: ["prepare", "execute", "deallocate", "discard"]
                 .iter()
                 .any(|kw| is(0, kw)),
-            ..Effects::default()
+            ..OldEffects::default()
         };
         if is(0, "set") {
             out.settings = !is(1, "local") && !is(1, "transaction") && !is(1, "constraints");
@@ -167,14 +302,14 @@ impl<'a> Head<'a> {
 }
 
 /// Functions whose calls change the session wherever they appear in a statement.
-fn function_effects(word: &[u8]) -> Effects {
+fn function_effects(word: &[u8]) -> OldEffects {
     const SESSION_LOCKS: [&str; 4] = [
         "pg_advisory_lock",
         "pg_advisory_lock_shared",
         "pg_try_advisory_lock",
         "pg_try_advisory_lock_shared",
     ];
-    let mut out = Effects::default();
+    let mut out = OldEffects::default();
     if word.eq_ignore_ascii_case(b"set_config") {
         out.settings = true;
     } else if SESSION_LOCKS
@@ -321,9 +456,15 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    fn single_statement_(s: &[u8]) -> Option<&[u8]> {
+        single_statement(s, Strings::Standard)
+    }
+    fn for_each_statement_<'a>(s: &'a [u8], f: impl FnMut(&'a [u8])) {
+        for_each_statement(s, Strings::Standard, f)
+    }
 
-    fn fx(sql: &str) -> Effects {
-        effects(sql.as_bytes())
+    fn fx(sql: &str) -> OldEffects {
+        old_effects(sql.as_bytes())
     }
 
     #[test]
@@ -351,15 +492,15 @@ mod tests {
     fn unmovable_state_pins() {
         assert_eq!(fx("LISTEN chan").pins, Some("LISTEN"));
         assert_eq!(fx("prepare p as select 1").pins, Some("SQL-level PREPARE"));
-        assert_eq!(single_statement(b"select 1"), Some(&b"select 1"[..]));
+        assert_eq!(single_statement_(b"select 1"), Some(&b"select 1"[..]));
         assert_eq!(
-            single_statement(b"select ';'; -- done\n ;"),
+            single_statement_(b"select ';'; -- done\n ;"),
             Some(&b"select ';'"[..])
         );
-        assert_eq!(single_statement(b"select 1; select 2"), None);
-        assert_eq!(single_statement(b"select 1; 'x'"), None);
+        assert_eq!(single_statement_(b"select 1; select 2"), None);
+        assert_eq!(single_statement_(b"select 1; 'x'"), None);
         let mut seen = Vec::new();
-        for_each_statement(b"begin; select ';' ; ;/* c */; commit -- end", |s| {
+        for_each_statement_(b"begin; select ';' ; ;/* c */; commit -- end", |s| {
             seen.push(s)
         });
         assert_eq!(seen, [&b"begin"[..], b" select ';' ", b" commit -- end"]);

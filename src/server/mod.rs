@@ -21,13 +21,42 @@ use crate::stream::Stream;
 
 pub use login::{connect, Credential, ServerTarget};
 
-/// What SET, RESET and set_config left in the session. `role` is hidden from pg_settings
-/// (it is `GUC_NO_SHOW_ALL`), so it is asked for by name.
+/// What SET, RESET and set_config left in the session. `session_authorization` and `role`
+/// are hidden from pg_settings (`GUC_NO_SHOW_ALL`), so they are asked for by name, in the
+/// order they must be applied again (setting the session authorization resets the role).
 const SESSION_SETTINGS: &str =
-    "SELECT name, pg_catalog.current_setting(name) FROM pg_catalog.pg_settings \
+    "SELECT 'session_authorization', pg_catalog.current_setting('session_authorization') \
+     UNION ALL SELECT name, pg_catalog.current_setting(name) FROM pg_catalog.pg_settings \
      WHERE source = 'session' \
      UNION ALL SELECT 'role', pg_catalog.current_setting('role') \
      WHERE pg_catalog.current_setting('role') <> 'none'";
+
+/// What session state the backend holds that cannot move to another server, asked at a
+/// transaction boundary (outside any transaction, so every advisory lock left is a
+/// session-level one and every open cursor a holdable one). Statements pgwarden prepares
+/// itself (`pgw_…`) are not the client's.
+const HELD_STATE: &str = "SELECT \
+     (SELECT count(*) FROM pg_catalog.pg_locks \
+       WHERE pid = pg_catalog.pg_backend_pid() AND locktype = 'advisory'), \
+     (SELECT count(*) FROM pg_catalog.pg_listening_channels()), \
+     (SELECT count(*) FROM pg_catalog.pg_cursors WHERE is_holdable), \
+     (SELECT count(*) FROM pg_catalog.pg_class \
+       WHERE relnamespace = pg_catalog.pg_my_temp_schema()), \
+     (SELECT count(*) FROM pg_catalog.pg_prepared_statements \
+       WHERE from_sql AND pg_catalog.left(name, 4) <> 'pgw_'), \
+     (SELECT count(*) FROM pg_catalog.pg_prepared_statements \
+       WHERE NOT from_sql AND pg_catalog.left(name, 4) <> 'pgw_')";
+
+/// Session state a backend holds, as [`ServerConn::held_state`] counts it.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Held {
+    pub advisory_locks: i64,
+    pub listens: i64,
+    pub hold_cursors: i64,
+    pub temp_objects: i64,
+    pub sql_statements: i64,
+    pub protocol_statements: i64,
+}
 
 /// Largest message accepted whole from a server during pgwarden's own exchanges.
 const MAX_SERVER_MESSAGE: u32 = 64 * 1024 * 1024;
@@ -163,6 +192,7 @@ impl ServerConn {
     /// back from the server so they can follow the client to another server.
     pub async fn session_settings(&mut self) -> Result<Vec<(String, String)>, ServerError> {
         let rows = self.query_rows(SESSION_SETTINGS).await?;
+        let login_user = self.target.user.clone();
         Ok(rows
             .into_iter()
             .filter_map(|mut row| {
@@ -170,7 +200,26 @@ impl ServerConn {
                 let name = row.pop()??;
                 Some((name, value))
             })
+            // The session authorization pgwarden logged in with is no setting of the client's.
+            .filter(|(name, value)| name != "session_authorization" || *value != login_user)
             .collect())
+    }
+
+    /// What the backend holds that would pin its client (see [`HELD_STATE`]).
+    pub async fn held_state(&mut self) -> Result<Held, ServerError> {
+        let rows = self.query_rows(HELD_STATE).await?;
+        let count = |i: usize| -> i64 {
+            let cell = rows.first().and_then(|row| row.get(i)).cloned().flatten();
+            cell.and_then(|v| v.parse().ok()).unwrap_or(0)
+        };
+        Ok(Held {
+            advisory_locks: count(0),
+            listens: count(1),
+            hold_cursors: count(2),
+            temp_objects: count(3),
+            sql_statements: count(4),
+            protocol_statements: count(5),
+        })
     }
 
     /// Brings the server back to a fresh session with `reset_query` (e.g. `DISCARD ALL`).

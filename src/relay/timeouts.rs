@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 
-use super::pump::Tracker;
+use super::machine::Progress;
 use crate::config::duration::format;
 use crate::config::Config;
-use crate::protocol::{PgError, TransactionStatus};
+use crate::protocol::PgError;
 use crate::refusals::Cap;
 
 /// SQLSTATEs Postgres uses for its own versions of these timeouts.
@@ -85,25 +85,22 @@ impl Timeouts {
         self.idle_in_transaction_since = None;
     }
 
-    /// Brings the clocks up to date with what the tracker knows of the server.
-    pub fn observe(&mut self, track: &Tracker, now: Instant) {
-        let idle = track.idle();
-        if idle {
+    /// Brings the clocks up to date with what the machine knows of the server.
+    pub fn observe(&mut self, progress: Progress, now: Instant) {
+        if progress.idle {
             self.busy_since = None;
         } else {
             self.busy_since.get_or_insert(now);
         }
-        if track.pending == 0 {
+        if progress.requests == 0 {
             self.request_since = None;
             self.cancelled = false;
-        } else if track.pending != self.pending || self.request_since.is_none() {
+        } else if progress.requests != self.pending || self.request_since.is_none() {
             self.request_since = Some(now);
             self.cancelled = false;
         }
-        self.pending = track.pending;
-        let waiting_in_block =
-            track.pending == 0 && !track.unsynced && track.status != TransactionStatus::Idle;
-        if waiting_in_block {
+        self.pending = progress.requests;
+        if progress.idle_in_block {
             self.idle_in_transaction_since.get_or_insert(now);
         } else {
             self.idle_in_transaction_since = None;
@@ -111,14 +108,14 @@ impl Timeouts {
     }
 
     /// The next timeout to run out, and when.
-    pub fn next(&self, track: &Tracker) -> Option<(Instant, Expired)> {
+    pub fn next(&self, progress: Progress) -> Option<(Instant, Expired)> {
         let at = |since: Option<Instant>, limit: Duration, which| {
             since
                 .filter(|_| !limit.is_zero())
                 .map(|s| (s + limit, which))
         };
         let client_idle = at(
-            Some(self.last_client).filter(|_| track.idle()),
+            Some(self.last_client).filter(|_| progress.idle),
             self.client_idle,
             Expired::ClientIdle,
         );

@@ -1,0 +1,480 @@
+//! The session loop: wait (holding no server) until the client has sent a complete
+//! request, attach a server, relay both ways at once, and do what the protocol machine
+//! says at each turn — release the server, check it, or end. Nothing here decides
+//! anything about the protocol; it moves bytes and acts on verdicts.
+//!
+//! Reading and writing of both sockets are driven by readiness in one `select!`, so a
+//! server blocked on a full client socket never stops pgwarden from reading the client
+//! (and the other way round): no deadlock, no extra task, no channel. Every turn either
+//! waits for a socket or a timer, or acts on I/O that happened: there is no loop without
+//! progress, and a safety net ends a session that asks for a server twice without the
+//! client having sent anything in between.
+//!
+//! An idle client's whole state is this task's future, so everything that is not the wait
+//! for the client is boxed: its size is paid only while it runs.
+
+use std::mem;
+use std::time::Instant;
+
+use bytes::BytesMut;
+use tokio::io::AsyncWriteExt;
+use tracing::{debug, info, warn};
+
+use super::io;
+use super::machine::pins::Reasons;
+use super::machine::{Checks, Machine, Stop, Verdict};
+use super::timeouts::{Expired, Timeouts};
+use super::End;
+use crate::cancel::{CancelHandle, CancelTarget};
+use crate::config::PoolMode;
+use crate::context::Context;
+use crate::pool::{ClientId, PinGuard, Pool, PooledServer};
+use crate::protocol::errors::Severity;
+use crate::protocol::sql::Strings;
+use crate::protocol::{sqlstate, PgError};
+use crate::server::ServerConn;
+use crate::stream::Stream;
+
+/// A logged-in client: its pool, cancel key and settings. It holds no server yet.
+pub struct Session {
+    pub pool: Pool,
+    pub cancel: CancelHandle,
+    /// The session settings the client asked for, applied to every server it gets.
+    pub wanted: Vec<(String, String)>,
+    /// Who the fair queue serves this client as.
+    pub who: ClientId,
+    /// How the server lexes strings, as the client was told at login.
+    pub strings: Strings,
+}
+
+/// Runs a logged-in client's session in its pool's mode, and ends it.
+pub async fn run(
+    client: &mut Stream,
+    client_buf: BytesMut,
+    session: Session,
+    ctx: &Context,
+) -> End {
+    let end = session_loop(client, client_buf, session, ctx).await;
+    Box::pin(finish(client, &end)).await;
+    end
+}
+
+/// Tells the client why the session ends, where it is still listening.
+async fn finish(client: &mut Stream, end: &End) {
+    if let Some(error) = end.to_client_error() {
+        let _ = client.write_all(&error.to_bytes()).await;
+    }
+    let _ = client.shutdown().await;
+}
+
+async fn session_loop(
+    client: &Stream,
+    client_buf: BytesMut,
+    session: Session,
+    ctx: &Context,
+) -> End {
+    let mut link = Link::new(client, client_buf, session, ctx);
+    let mut reads_at_attach = None;
+    loop {
+        // The verdict is not held across the awaits below: it would sit in every idle
+        // client's future.
+        let attach = match link.machine.verdict() {
+            Verdict::Wait => false,
+            Verdict::Attach => true,
+            Verdict::End(stop) => return End::Stop(stop),
+            other => return internal(&format!("verdict {other:?} without a server")),
+        };
+        match attach {
+            false => {
+                if let Some(end) = link.wait_for_client().await {
+                    return end;
+                }
+            }
+            true => {
+                if reads_at_attach == Some(link.reads) {
+                    return internal("a server was asked for twice for the same request");
+                }
+                reads_at_attach = Some(link.reads);
+                if let Some(end) = Box::pin(link.serve()).await {
+                    return end;
+                }
+            }
+        }
+    }
+}
+
+/// A state the machine should never be in: the session ends rather than guess.
+fn internal(what: &str) -> End {
+    tracing::error!(
+        cause = what,
+        "ending a session in a state pgwarden cannot handle"
+    );
+    End::Refused(PgError::fatal(
+        sqlstate::INTERNAL_ERROR,
+        format!("pgwarden internal error: {what}"),
+    ))
+}
+
+struct Link<'a> {
+    client: &'a Stream,
+    ctx: &'a Context,
+    pool: Pool,
+    cancel: CancelHandle,
+    who: ClientId,
+    wanted: Vec<(String, String)>,
+    /// What RESET returns to, as on Postgres: the values the client connected with.
+    startup: Box<[(String, String)]>,
+    machine: Machine,
+    timeouts: Option<Box<Timeouts>>,
+    /// The pin counted on the pool, and the reasons it was counted for.
+    pin: Option<Box<PinGuard>>,
+    pinned_for: Reasons,
+    /// Reads from the client so far (wrapping).
+    reads: u32,
+}
+
+impl<'a> Link<'a> {
+    fn new(client: &'a Stream, client_buf: BytesMut, session: Session, ctx: &'a Context) -> Self {
+        let Session {
+            pool,
+            cancel,
+            wanted,
+            who,
+            strings,
+        } = session;
+        let mode = pool.settings().mode;
+        let max_prepared = Some(ctx.config.max_prepared_statements).filter(|max| *max > 0);
+        let machine = Machine::new(
+            mode,
+            client_buf,
+            ctx.config.max_packet_size,
+            max_prepared,
+            strings,
+        );
+        Link {
+            client,
+            ctx,
+            pool,
+            cancel,
+            who,
+            startup: wanted.clone().into_boxed_slice(),
+            wanted,
+            machine,
+            timeouts: Timeouts::new(&ctx.config),
+            pin: None,
+            pinned_for: Reasons::default(),
+            reads: 0,
+        }
+    }
+
+    /// Waits, without a server, until the client has sent something complete. `Some` when
+    /// the session ends first.
+    async fn wait_for_client(&mut self) -> Option<End> {
+        let shutdown = self.ctx.shutdown.cancelled();
+        tokio::pin!(shutdown);
+        while self.machine.verdict() == Verdict::Wait {
+            let deadline = self.watch_time();
+            tokio::select! {
+                r = self.client.readable() => match r {
+                    Ok(()) => self.read_client(None),
+                    Err(_) => self.machine.client_closed(),
+                },
+                _ = &mut shutdown, if !self.machine.draining() => self.machine.drain(),
+                expired = until(deadline), if deadline.is_some() => {
+                    if let Some(end) = self.on_timeout(expired) { return Some(end) }
+                }
+            }
+        }
+        None
+    }
+
+    /// Reads what the client sent and hands it to the machine.
+    fn read_client(&mut self, server: Option<&mut crate::prepared::ServerStatements>) {
+        match io::read_into(&mut self.machine.c2s, self.client) {
+            Ok(true) => {}
+            Ok(false) => return self.machine.client_closed(),
+            Err(e) => {
+                debug!(cause = %e, "client socket error");
+                return self.machine.client_closed();
+            }
+        }
+        self.reads = self.reads.wrapping_add(1);
+        if let Some(timeouts) = self.timeouts.as_deref_mut() {
+            timeouts.on_client(Instant::now());
+        }
+        self.machine.client_read(server);
+    }
+
+    /// Attaches a server and follows the machine's verdicts until the server goes back
+    /// (`None`: the client is idle again) or the session ends.
+    async fn serve(&mut self) -> Option<End> {
+        let mut server = match self.attach().await {
+            Ok(server) => server,
+            Err(end) => return Some(end),
+        };
+        loop {
+            self.sync_pins();
+            let step = match self.machine.verdict() {
+                Verdict::Relay => self.relay(&mut server).await,
+                Verdict::Release => {
+                    self.release(server).await;
+                    return None;
+                }
+                Verdict::Check(checks) => self.check(&mut server, checks).await.err(),
+                Verdict::RefuseBlock => self.refuse_block(&mut server).await.err(),
+                Verdict::End(stop) => Some(End::Stop(stop)),
+                other => Some(internal(&format!("verdict {other:?} with a server"))),
+            };
+            if let Some(end) = step {
+                self.dispose(server, &end).await;
+                return Some(end);
+            }
+        }
+    }
+
+    /// Relays both ways while the machine says so. `Some` when a timeout ends the session.
+    async fn relay(&mut self, server: &mut PooledServer) -> Option<End> {
+        let ServerConn {
+            stream,
+            statements,
+            params,
+            ..
+        } = &mut **server;
+        let client = self.client;
+        // One wait for shutdown for the whole relay: a new one per turn of the loop would
+        // register with the token (a lock) every time.
+        let shutdown = self.ctx.shutdown.cancelled();
+        tokio::pin!(shutdown);
+        while self.machine.verdict() == Verdict::Relay {
+            let deadline = self.watch_time();
+            let m = &self.machine;
+            let (read_client, write_server) = (m.wants_client(), m.c2s.has_output());
+            let (read_server, write_client) = (m.wants_server(), m.s2c.has_output());
+            let draining = m.draining();
+            // Biased: no random start per turn; every branch is a readiness wait, so
+            // none can starve another for long.
+            tokio::select! {
+                biased;
+                r = client.readable(), if read_client => match r {
+                    Ok(()) => self.read_client(Some(statements)),
+                    Err(_) => self.machine.client_closed(),
+                },
+                r = stream.writable(), if write_server => {
+                    if let Err(e) = r.and_then(|_| io::write_from(&mut self.machine.c2s, stream)) {
+                        self.machine.server_lost(e.to_string());
+                    }
+                }
+                r = stream.readable(), if read_server => {
+                    match r.and_then(|_| io::read_into(&mut self.machine.s2c, stream)) {
+                        Ok(true) => self.machine.server_read(statements, params),
+                        Ok(false) => self.machine.server_lost("server closed the connection".into()),
+                        Err(e) => self.machine.server_lost(e.to_string()),
+                    }
+                }
+                r = client.writable(), if write_client => {
+                    if r.and_then(|_| io::write_from(&mut self.machine.s2c, client)).is_err() {
+                        self.machine.client_closed();
+                    }
+                }
+                _ = &mut shutdown, if !draining => self.machine.drain(),
+                expired = until(deadline), if deadline.is_some() => {
+                    if let Some(end) = self.on_timeout(expired) { return Some(end) }
+                }
+            }
+        }
+        None
+    }
+
+    /// Gets a server for the client's next transaction and gives it the client's settings.
+    /// A client still queued after `query_wait_notify` is told so with a NOTICE.
+    async fn attach(&mut self) -> Result<PooledServer, End> {
+        let client = self.client;
+        let notify = |text: String| async move {
+            let _ = client.write_all_ready(&PgError::notice(text)).await;
+        };
+        let mut server = (self.pool.checkout_notify(&self.who, notify).await)
+            .map_err(|e| End::Refused(e.to_client_error()))?;
+        if let Some(sql) = server.params.sync_query(&self.wanted) {
+            if let Err(err) = server.exec(&sql).await {
+                server.close("parameter sync failed");
+                return Err(End::Refused(err.to_client_error()));
+            }
+            server.params.mark_applied(&self.wanted);
+        }
+        self.cancel.set(CancelTarget {
+            server: server.target.clone(),
+            key: server.key,
+        });
+        self.machine.s2c.buf = mem::take(&mut server.buf);
+        self.machine.attach(&mut server.statements);
+        Ok(server)
+    }
+
+    /// The server goes back to its pool as it is (transaction and statement pooling).
+    async fn release(&mut self, mut server: PooledServer) {
+        self.cancel.detach().await;
+        server.buf = mem::take(&mut self.machine.s2c.buf);
+        server.checkin_idle();
+        self.machine.detach();
+    }
+
+    /// Gives the server up at the end of a session: reused if the machine can prove it
+    /// clean (reset first in session pooling), closed otherwise.
+    async fn dispose(&mut self, mut server: PooledServer, end: &End) {
+        self.cancel.detach().await;
+        let reason = match end {
+            End::Stop(Stop::ServerLost(_)) => return server.close("server connection lost"),
+            End::Stop(Stop::ServerFault(fault)) => {
+                warn!(server_id = server.id, fault = %fault, "closing a server that broke the protocol");
+                "server broke the protocol"
+            }
+            End::Stop(Stop::Lost(_)) => "pgwarden lost track of its answers",
+            _ if self.machine.server_clean() => {
+                server.buf = mem::take(&mut self.machine.s2c.buf);
+                return match self.pool.settings().mode {
+                    PoolMode::Session => server.release(true).await,
+                    _ => server.checkin_idle(),
+                };
+            }
+            _ => "client left it mid-transaction or mid-request",
+        };
+        self.machine.abandon(&mut server.statements);
+        let (edited, ready) = self.machine.c2s.output();
+        let pending = [edited, ready].concat();
+        // Not awaited: the client is told at once; the backend gets its bounded time to
+        // finish and exit on its own.
+        tokio::spawn(async move { server.retire(&pending, reason).await });
+    }
+
+    /// Runs what the machine asked to know at a boundary.
+    async fn check(&mut self, server: &mut PooledServer, checks: Checks) -> Result<(), End> {
+        let lost = |e: crate::server::ServerError| End::Stop(Stop::ServerLost(e.to_string()));
+        if checks.settings {
+            let settings = server.session_settings().await.map_err(lost)?;
+            server.params.mark_applied(&settings);
+            self.wanted = over_startup(&self.startup, settings);
+        }
+        let held = match checks.held {
+            true => Some(server.held_state().await.map_err(lost)?),
+            false => None,
+        };
+        self.machine.checked(held.as_ref());
+        Ok(())
+    }
+
+    /// Counts and logs a change of the machine's pins on the pool.
+    fn sync_pins(&mut self) {
+        let now = self.machine.pins();
+        let before = mem::replace(&mut self.pinned_for, now);
+        if now == before {
+            return;
+        }
+        let pool = self.pool.name();
+        if now.is_empty() {
+            self.pin = None;
+            let reasons = before.names();
+            info!(?reasons, %pool, "client unpinned: its server holds nothing it needs");
+            return;
+        }
+        match self.pin.as_mut() {
+            Some(pin) => pin.set(now.names()),
+            None => self.pin = Some(Box::new(self.pool.pin(now.names()))),
+        }
+        let reasons = now.names();
+        let pinned_clients = self.pool.pinned_clients();
+        info!(?reasons, %pool, pinned_clients, "client pinned to its server");
+    }
+
+    /// Statement pooling has no room for transaction blocks: the statement that opened one
+    /// (BEGIN, or anything leaving the server in a failed block) is rolled back and the
+    /// client gets an ERROR and ReadyForQuery `I` in place of the server's ReadyForQuery,
+    /// so its session goes on outside a transaction, as the error says.
+    async fn refuse_block(&mut self, server: &mut PooledServer) -> Result<(), End> {
+        let refusal = PgError::error(
+            sqlstate::FEATURE_NOT_SUPPORTED,
+            "transaction blocks are not allowed in statement pooling mode",
+        )
+        .with_hint("run each statement on its own, or use pool_mode = \"transaction\"");
+        if io::flush(&mut self.machine.s2c, self.client).await.is_err() {
+            self.machine.client_closed();
+            return Ok(());
+        }
+        if self.machine.more_owed() {
+            // More requests were pipelined behind it: their answers would be meaningless.
+            let fatal = PgError {
+                severity: Severity::Fatal,
+                ..refusal
+            };
+            return Err(End::Refused(fatal));
+        }
+        let lost = |e: crate::server::ServerError| End::Stop(Stop::ServerLost(e.to_string()));
+        server.exec("ROLLBACK").await.map_err(lost)?;
+        self.machine.refused_block(&refusal);
+        Ok(())
+    }
+
+    /// Updates the timeout clocks, gives the client a notice that waited for a message
+    /// boundary, and says when the next timeout runs out.
+    fn watch_time(&mut self) -> Option<(Instant, Expired)> {
+        let timeouts = self.timeouts.as_deref_mut()?;
+        let progress = self.machine.progress();
+        timeouts.observe(progress, Instant::now());
+        if self.machine.s2c.framer.at_boundary() {
+            if let Some(notice) = timeouts.notice.take() {
+                self.machine.s2c.inject().extend_from_slice(&notice);
+            }
+        }
+        timeouts.next(progress)
+    }
+
+    /// A timeout ran out: the query is cancelled (`None`: the session goes on), or the
+    /// session ends with an error naming the timeout.
+    fn on_timeout(&mut self, expired: Expired) -> Option<End> {
+        let timeouts = self.timeouts.as_deref_mut()?;
+        self.ctx.refusals.count(expired.cap());
+        if expired != Expired::Query {
+            let error = timeouts.error(expired);
+            info!(cause = %error.message, "closing client");
+            return Some(End::Refused(error));
+        }
+        timeouts.cancelling();
+        info!("cancelling a query that ran longer than query_timeout");
+        let (cancels, key) = (self.ctx.cancels.clone(), self.cancel.key);
+        tokio::spawn(async move { cancels.cancel(key).await });
+        None
+    }
+}
+
+/// The client's settings: its startup values, overridden by what its session set since.
+fn over_startup(
+    startup: &[(String, String)],
+    session: Vec<(String, String)>,
+) -> Vec<(String, String)> {
+    let mut settings = startup.to_vec();
+    for (name, value) in session {
+        match settings
+            .iter_mut()
+            .find(|(n, _)| n.eq_ignore_ascii_case(&name))
+        {
+            Some((_, v)) => *v = value,
+            None => settings.push((name, value)),
+        }
+    }
+    settings
+}
+
+/// Waits until `deadline` and says which timeout it was (never, without one). The timer
+/// is boxed: the wait for an idle client is part of every client's task, timer or not.
+fn until(deadline: Option<(Instant, Expired)>) -> impl std::future::Future<Output = Expired> {
+    let timer =
+        deadline.map(|(when, expired)| (Box::pin(tokio::time::sleep_until(when.into())), expired));
+    async move {
+        match timer {
+            Some((sleep, expired)) => {
+                sleep.await;
+                expired
+            }
+            None => std::future::pending().await,
+        }
+    }
+}
