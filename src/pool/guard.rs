@@ -34,9 +34,8 @@ impl PooledServer {
     /// `clean` (idle, nothing in flight); otherwise closes it.
     pub async fn release(self, clean: bool) {
         if !clean {
-            return self
-                .retire(&[], "client left it mid-transaction or mid-request")
-                .await;
+            let reason = "client left it mid-transaction or mid-request";
+            return self.retire(&[], Leaving::Vanished, reason).await;
         }
         let mut this = self;
         let Some(mut server) = this.server.take() else {
@@ -61,13 +60,14 @@ impl PooledServer {
         }
     }
 
-    /// Closes a server whose client left mid-request, as Postgres would have ended that
-    /// client's backend: `pending` (whole messages the client sent before it went) and a
-    /// Terminate are delivered, so the backend finishes what it was asked and exits.
-    /// The slot is freed once the backend is gone (or given up on, see [`abandon`]).
-    pub async fn retire(mut self, pending: &[u8], reason: &str) {
+    /// Closes a server whose client left mid-request. A client that said goodbye
+    /// (`Leaving::Terminated`) has `pending` (what it sent before) and a Terminate
+    /// delivered, so its backend finishes what it was asked and exits, as on Postgres; the
+    /// request of a client that vanished is cancelled first. The slot is freed once the
+    /// backend is gone (or given up on, see [`abandon`]).
+    pub async fn retire(mut self, pending: &[u8], leaving: Leaving, reason: &str) {
         if let Some(mut server) = self.server.take() {
-            abandon(&mut server, pending).await;
+            abandon(&mut server, pending, leaving).await;
             self.pool.discard(server, reason, self.who.as_ref());
         }
     }
@@ -88,6 +88,15 @@ impl PooledServer {
     }
 }
 
+/// How a client left a server mid-request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Leaving {
+    /// With a Terminate: what it sent is run to the end.
+    Terminated,
+    /// Without a word: nobody waits for its request any more.
+    Vanished,
+}
+
 /// How long a server left mid-request gets to stop before it is cancelled, and then
 /// before its slot is freed regardless.
 const ABANDON_WAIT: Duration = Duration::from_secs(5);
@@ -97,7 +106,10 @@ const ABANDON_WAIT: Duration = Duration::from_secs(5);
 /// already reused, exceeding `pool_size` for as long as the query runs. So: send what the
 /// client sent and a Terminate, and wait (bounded) until the backend has exited; a backend
 /// still busy then has its query cancelled and gets a last bounded wait.
-async fn abandon(server: &mut ServerConn, pending: &[u8]) {
+async fn abandon(server: &mut ServerConn, pending: &[u8], leaving: Leaving) {
+    if leaving == Leaving::Vanished {
+        cancel(server).await;
+    }
     let mut out = bytes::BytesMut::from(pending);
     crate::protocol::messages::terminate(&mut out);
     let stream = &mut server.stream;
@@ -112,11 +124,8 @@ async fn abandon(server: &mut ServerConn, pending: &[u8]) {
     if tokio::time::timeout(ABANDON_WAIT, gone).await.is_ok() {
         return;
     }
-    if !crate::cancel::send(&server.target, server.key, ABANDON_WAIT).await {
-        warn!(
-            server_id = server.id,
-            "cancel of an abandoned request not confirmed"
-        );
+    if leaving == Leaving::Terminated {
+        cancel(server).await;
     }
     let stream = &mut server.stream;
     let gone = async {
@@ -128,6 +137,15 @@ async fn abandon(server: &mut ServerConn, pending: &[u8]) {
         warn!(
             server_id = server.id,
             "server still busy {ABANDON_WAIT:?} after cancel; closing it anyway"
+        );
+    }
+}
+
+async fn cancel(server: &ServerConn) {
+    if !crate::cancel::send(&server.target, server.key, ABANDON_WAIT).await {
+        warn!(
+            server_id = server.id,
+            "cancel of an abandoned request not confirmed"
         );
     }
 }

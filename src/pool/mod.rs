@@ -32,7 +32,7 @@ use crate::refusals::Refusals;
 use crate::server::{ServerConn, ServerError, ServerTarget};
 
 pub use budget::{Account, Budget, BudgetCap};
-pub use guard::PooledServer;
+pub use guard::{Leaving, PooledServer};
 pub use queue::ClientId;
 
 /// The limits and timings of one pool, resolved from global, database and user settings.

@@ -28,7 +28,7 @@ use super::End;
 use crate::cancel::{CancelHandle, CancelTarget};
 use crate::config::PoolMode;
 use crate::context::Context;
-use crate::pool::{ClientId, PinGuard, Pool, PooledServer};
+use crate::pool::{ClientId, Leaving, PinGuard, Pool, PooledServer};
 use crate::protocol::errors::Severity;
 use crate::protocol::sql::Strings;
 use crate::protocol::{sqlstate, PgError};
@@ -331,9 +331,12 @@ impl<'a> Link<'a> {
             End::Stop(Stop::Lost(_)) => "pgwarden lost track of its answers",
             _ if self.machine.server_clean() => {
                 server.buf = mem::take(&mut self.machine.s2c.buf);
-                return match self.pool.settings().mode {
-                    PoolMode::Session => server.release(true).await,
-                    _ => server.checkin_idle(),
+                // A server that kept state for its pinned client is reset like a session's.
+                let reset = self.pool.settings().mode == PoolMode::Session
+                    || !self.machine.pins().is_empty();
+                return match reset {
+                    true => server.release(true).await,
+                    false => server.checkin_idle(),
                 };
             }
             _ => "client left it mid-transaction or mid-request",
@@ -341,9 +344,13 @@ impl<'a> Link<'a> {
         self.machine.abandon(&mut server.statements);
         let (edited, ready) = self.machine.c2s.output();
         let pending = [edited, ready].concat();
+        let leaving = match self.machine.client_terminated() {
+            true => Leaving::Terminated,
+            false => Leaving::Vanished,
+        };
         // Not awaited: the client is told at once; the backend gets its bounded time to
         // finish and exit on its own.
-        tokio::spawn(async move { server.retire(&pending, reason).await });
+        tokio::spawn(async move { server.retire(&pending, leaving, reason).await });
     }
 
     /// Runs what the machine asked to know at a boundary.

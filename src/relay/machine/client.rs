@@ -50,7 +50,7 @@ impl Machine {
         if tag == frontend::TERMINATE {
             // Not forwarded: whoever closes the server decides what it is sent.
             self.c2s.drop_message(found.taken);
-            self.client = ClientEnd::Left;
+            self.client = ClientEnd::Terminated;
             return;
         }
         if self.in_copy(found) || self.passes_untracked(found) {
@@ -138,7 +138,10 @@ impl Machine {
         let msg = self.c2s.message(found);
         let strings = self.dialect.current();
         let (text, named) = match found.tag {
-            frontend::QUERY => (&msg[HEADER_LEN..msg.len() - 1], false),
+            frontend::QUERY => {
+                let body = &msg[HEADER_LEN..];
+                (body.strip_suffix(&[0]).unwrap_or(body), false)
+            }
             frontend::PARSE => match Parse::read(msg) {
                 Some(parse) => (parse.query(), !parse.name.is_empty()),
                 None => return (true, Strings::Standard),

@@ -132,8 +132,10 @@ enum Phase {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ClientEnd {
     Connected,
-    /// It sent Terminate or closed its socket; messages after Terminate are ignored.
-    Left,
+    /// It sent Terminate; messages after it are ignored.
+    Terminated,
+    /// Its socket closed (or failed) without a Terminate: it died.
+    Vanished,
 }
 
 /// Extended-protocol messages sent since the last Sync.
@@ -266,7 +268,7 @@ impl Machine {
     }
 
     fn detached_verdict(&self) -> Verdict {
-        if self.client == ClientEnd::Left {
+        if self.client != ClientEnd::Connected {
             return Verdict::End(Stop::ClientLeft);
         }
         match self.c2s.has_whole_message() {
@@ -281,7 +283,7 @@ impl Machine {
     }
 
     fn attached_verdict(&self) -> Verdict {
-        if self.client == ClientEnd::Left {
+        if self.client != ClientEnd::Connected {
             return Verdict::End(Stop::ClientLeft);
         }
         if !self.at_boundary() {
@@ -423,7 +425,15 @@ impl Machine {
 
     /// The client closed its socket.
     pub fn client_closed(&mut self) {
-        self.client = ClientEnd::Left;
+        if self.client == ClientEnd::Connected {
+            self.client = ClientEnd::Vanished;
+        }
+    }
+
+    /// The client said goodbye with Terminate (rather than vanishing): what it sent before
+    /// is meant to be run to the end.
+    pub fn client_terminated(&self) -> bool {
+        self.client == ClientEnd::Terminated
     }
 
     /// The server closed its socket or failed.
