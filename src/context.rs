@@ -22,6 +22,8 @@ pub struct Context {
     pub refusals: Arc<Refusals>,
     /// Cancelled when pgwarden starts shutting down: clients leave at their next idle point.
     pub shutdown: CancellationToken,
+    /// Cancelled when `shutdown_timeout` ran out: every session ends where it stands.
+    pub abort: CancellationToken,
 }
 
 impl Context {
@@ -32,6 +34,7 @@ impl Context {
             cancels: CancelRegistry::new(config.cancel_wait_timeout),
             admission: Arc::default(),
             refusals,
+            abort: CancellationToken::new(),
             shutdown,
             config,
         }

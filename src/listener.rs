@@ -21,6 +21,9 @@ use crate::protocol::PgError;
 use crate::refusals::Cap;
 use crate::stream::Stream;
 
+/// How long aborted sessions get to let go of their sockets.
+const ABORT_WAIT: Duration = Duration::from_secs(1);
+
 /// Pause after a failed accept (e.g. out of file descriptors) so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
@@ -94,6 +97,15 @@ pub async fn serve(listeners: Vec<TcpListener>, ctx: Context) -> io::Result<()> 
         .is_err()
     {
         warn!("shutdown_timeout reached with sessions still running; closing them");
+        // Every session ends at once: its sockets close, and its server, if it held one,
+        // is closed rather than returned (the pools are closing anyway).
+        ctx.abort.cancel();
+        if tokio::time::timeout(ABORT_WAIT, tasks.wait())
+            .await
+            .is_err()
+        {
+            warn!("sessions still running {ABORT_WAIT:?} after being aborted");
+        }
     }
     ctx.pools.close();
     if let Some(path) = unix_path {
@@ -175,7 +187,11 @@ fn admit(
         Ok(permit) => {
             let ctx = ctx.clone();
             tasks.spawn(async move {
-                client::serve(stream, peer, ctx).await;
+                let abort = ctx.abort.clone();
+                tokio::select! {
+                    _ = client::serve(stream, peer, ctx) => {}
+                    _ = abort.cancelled() => {}
+                }
                 drop(permit);
             });
         }

@@ -57,7 +57,12 @@ impl Machine {
             return;
         }
         match tag {
-            frontend::COPY_DATA => return self.c2s.forward(found.taken),
+            frontend::COPY_DATA => {
+                if self.copy == CopyMode::Idle {
+                    self.copy = CopyMode::DataSent;
+                }
+                return self.c2s.forward(found.taken);
+            }
             frontend::COPY_DONE | frontend::COPY_FAIL => {
                 self.copy = CopyMode::EndSent;
                 return self.c2s.forward(found.taken);

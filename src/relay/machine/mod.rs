@@ -24,6 +24,8 @@ mod owed;
 pub mod pins;
 mod server;
 #[cfg(test)]
+mod sim;
+#[cfg(test)]
 mod tests;
 
 use bytes::BytesMut;
@@ -150,6 +152,9 @@ enum Pipeline {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum CopyMode {
     Idle,
+    /// The client sent CopyData while no COPY was known to run (it may be streaming into
+    /// a COPY FROM STDIN the server is about to start).
+    DataSent,
     /// The client sent CopyDone/CopyFail while no COPY was known to run: it may end a
     /// COPY FROM STDIN the server is about to start.
     EndSent,
@@ -310,7 +315,10 @@ impl Machine {
             && self.owed.is_empty()
             && self.pipeline == Pipeline::Synced
             && self.status == TransactionStatus::Idle
-            && matches!(self.copy, CopyMode::Idle | CopyMode::EndSent)
+            && matches!(
+                self.copy,
+                CopyMode::Idle | CopyMode::DataSent | CopyMode::EndSent
+            )
             && self.c2s.quiet()
             && self.s2c.quiet()
             && self.s2c.buf.is_empty()

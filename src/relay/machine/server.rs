@@ -154,19 +154,31 @@ impl Machine {
     /// server's CommandComplete or ErrorResponse, whatever the client sends.
     fn follow_copy(&mut self, tag: u8) {
         self.copy = match (tag, self.copy) {
-            (backend::COPY_IN_RESPONSE, CopyMode::EndSent) => CopyMode::InEnded,
-            (backend::COPY_IN_RESPONSE, _) => CopyMode::In,
+            (backend::COPY_IN_RESPONSE, prior) => return self.copy_in_began(prior),
             (COPY_OUT_RESPONSE, _) => CopyMode::Out,
             (
                 backend::ERROR_RESPONSE | COMMAND_COMPLETE | backend::READY_FOR_QUERY,
                 CopyMode::In | CopyMode::InEnded | CopyMode::Out,
             ) => CopyMode::Idle,
-            (backend::READY_FOR_QUERY, _) => CopyMode::Idle,
+            // Copy messages the client sent outside COPY are remembered until its next
+            // request: they may still meet a COPY started by the one before.
             (_, copy) => copy,
         };
-        if tag == backend::COPY_IN_RESPONSE && !self.owed.on_copy_in() {
+    }
+
+    /// The server reads everything sent after the request that started COPY FROM STDIN in
+    /// COPY mode: Syncs sent right after the request are ignored. Syncs sent after copy
+    /// data are ignored or not depending on where the COPY fails, and anything else fails
+    /// it: the machine cannot account for those.
+    fn copy_in_began(&mut self, prior: CopyMode) {
+        let early_data = prior != CopyMode::Idle && self.owed.len() > 1;
+        if early_data || !self.owed.on_copy_in() {
             self.lose("messages were pipelined after a COPY FROM STDIN");
         }
+        self.copy = match prior {
+            CopyMode::EndSent => CopyMode::InEnded,
+            _ => CopyMode::In,
+        };
     }
 
     /// A whole ErrorResponse that a retry can hide: the plan of a shared statement went
