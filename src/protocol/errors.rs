@@ -21,8 +21,6 @@ pub mod sqlstate {
     pub const ADMIN_SHUTDOWN: &str = "57P01";
     pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
     pub const QUERY_CANCELED: &str = "57014";
-    pub const INVALID_SQL_STATEMENT_NAME: &str = "26000";
-    pub const DUPLICATE_PREPARED_STATEMENT: &str = "42P05";
     pub const INTERNAL_ERROR: &str = "XX000";
 }
 
@@ -144,28 +142,6 @@ impl PgError {
         PgError::fatal(
             sqlstate::ADMIN_SHUTDOWN,
             "terminating connection due to pgwarden shutdown",
-        )
-    }
-
-    /// Postgres' own error for a prepared statement name the client never defined.
-    pub fn unknown_statement(name: &[u8]) -> Self {
-        PgError::error(
-            sqlstate::INVALID_SQL_STATEMENT_NAME,
-            format!(
-                "prepared statement \"{}\" does not exist",
-                String::from_utf8_lossy(name)
-            ),
-        )
-    }
-
-    /// Postgres' own error for defining a prepared statement name twice.
-    pub fn duplicate_statement(name: &[u8]) -> Self {
-        PgError::error(
-            sqlstate::DUPLICATE_PREPARED_STATEMENT,
-            format!(
-                "prepared statement \"{}\" already exists",
-                String::from_utf8_lossy(name)
-            ),
         )
     }
 

@@ -280,6 +280,7 @@ impl<'a> Link<'a> {
                 expired = until(deadline), if deadline.is_some() => {
                     if let Some(end) = self.on_timeout(expired) { return Some(end) }
                 }
+                else => return Some(internal("a relay with nothing to wait for")),
             }
         }
         None

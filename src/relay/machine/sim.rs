@@ -39,7 +39,7 @@ fn msg(tag: u8, body: &[u8], out: &mut Vec<u8>) {
 
 fn error(code: &str, text: &str, out: &mut Vec<u8>) {
     let mut body = Vec::new();
-    for field in [format!("SERROR"), format!("C{code}"), format!("M{text}")] {
+    for field in ["SERROR".to_owned(), format!("C{code}"), format!("M{text}")] {
         body.extend_from_slice(field.as_bytes());
         body.push(0);
     }
