@@ -5,8 +5,11 @@
 //!   either way and says what to do ([`machine::Verdict`]).
 //! - [`link`]: the session loop. It waits on the sockets, moves bytes ([`io`]), and acts
 //!   on the machine's verdicts: attach a server, release it, check it, close it.
+//! - `boundary`: what the loop does with its server between relaying: checks, pins,
+//!   statement pooling's refusals, and giving the server up at the end.
 //! - [`timeouts`]: the idle, transaction and query timeouts.
 
+mod boundary;
 pub mod io;
 mod link;
 pub mod machine;
