@@ -7,7 +7,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use crate::cancel::CancelRegistry;
-use crate::client::admission::Admission;
+use crate::admission::Admission;
 use crate::config::Config;
 use crate::pool::Pools;
 use crate::refusals::Refusals;

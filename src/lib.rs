@@ -3,6 +3,7 @@
 //!
 //! # Layout
 //!
+//! - [`admission`]: the per-identity client caps (user, database, address, application).
 //! - [`config`]: the validated [`config::Config`] (defaults < file < env < flags).
 //! - [`cli`]: the command-line flags, one per config key.
 //! - [`listener`]: binds TCP and Unix sockets, admits clients (client caps), one task each.
@@ -22,6 +23,7 @@
 //! - [`context`]: what every client task shares.
 //! - [`refusals`]: counts of refusals by cap.
 
+pub mod admission;
 pub mod auth;
 pub mod cancel;
 pub mod cli;

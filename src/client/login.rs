@@ -9,7 +9,7 @@ use bytes::BytesMut;
 use pgwire::messages::startup::Authentication;
 use tokio::io::AsyncWriteExt;
 
-use super::admission::{Client, Slots};
+use crate::admission::{Client, Slots};
 use super::handshake::Startup;
 use super::ClientError;
 use crate::auth::{self, Secret};

@@ -2,7 +2,6 @@
 //! refusal, cancel requests), [`login`] (routing, authentication, a server, parameters),
 //! then the session itself ([`crate::relay`]).
 
-pub mod admission;
 mod handshake;
 mod login;
 

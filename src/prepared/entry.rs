@@ -4,8 +4,8 @@
 //! written by pgwarden for a message it never sent. Entries also carry how to take back
 //! what sending a message changed in the statement maps, should the server skip it.
 //!
-//! The queue these entries wait in belongs to the protocol machine ([`crate::relay`]);
-//! this layer only hands entries to it through [`Expects`].
+//! The queue these entries wait in belongs to the protocol machine (`relay::machine`,
+//! above this layer); this layer only hands entries to it through [`Expects`].
 
 use std::collections::HashMap;
 use std::sync::Arc;
