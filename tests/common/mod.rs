@@ -27,6 +27,7 @@ pub mod clients;
 pub mod identity;
 pub mod pgbench;
 pub mod prepared;
+pub mod process;
 pub mod raw;
 
 use std::collections::hash_map::DefaultHasher;
