@@ -29,6 +29,7 @@ pub mod pgbench;
 pub mod prepared;
 pub mod process;
 pub mod raw;
+pub mod segment;
 
 use std::collections::hash_map::DefaultHasher;
 use std::fs;
