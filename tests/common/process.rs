@@ -3,6 +3,7 @@
 //! peers with [`Pgwarden::assert_healthy`]. A proxy that spins or deadlocks freezes only its
 //! own process, never the test's runtime, so a test can still see and report it.
 
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -95,6 +96,16 @@ impl Pgwarden {
             if name.to_string_lossy().starts_with("PGWARDEN_") {
                 cmd.env_remove(name);
             }
+        }
+        // If the test process dies (a killed or aborted test runner), so does the proxy: a
+        // spinning one left behind would eat a core of a shared machine. (The signal
+        // follows the spawning thread, a test thread or runtime worker living as long as
+        // the test.)
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
         }
         cmd.args(args)
             .envs(env.iter().copied())

@@ -26,6 +26,8 @@ use super::raw::{message, startup, PROTOCOL_3_0};
 
 /// How long one step's answer may take (every exchange here answers in milliseconds).
 pub const STEP_DEADLINE: Duration = Duration::from_secs(5);
+/// How long writing one step may take (a peer that stops reading blocks the writer).
+pub const WRITE_DEADLINE: Duration = Duration::from_secs(10);
 /// Bytes of a message's start and end written one per write by [`Cut::Bytewise`].
 const BYTEWISE_HEAD: usize = 64;
 const BYTEWISE_TAIL: usize = 16;
@@ -195,16 +197,20 @@ impl Conn {
         } = self;
         let (mut reader, mut writer) = stream.split();
         let write = async {
-            for (chunk, pause) in writes {
-                writer
-                    .write_all(&bytes[chunk])
-                    .await
-                    .map_err(|e| format!("write: {e}"))?;
-                if pause {
-                    tokio::time::sleep(BOUNDARY_PAUSE).await;
+            tokio::time::timeout(WRITE_DEADLINE, async {
+                for (chunk, pause) in writes {
+                    writer
+                        .write_all(&bytes[chunk])
+                        .await
+                        .map_err(|e| format!("write: {e}"))?;
+                    if pause {
+                        tokio::time::sleep(BOUNDARY_PAUSE).await;
+                    }
                 }
-            }
-            Ok::<(), String>(())
+                Ok::<(), String>(())
+            })
+            .await
+            .unwrap_or_else(|_| Err(format!("the peer read nothing for {WRITE_DEADLINE:?}")))
         };
         let read = read_answer(&mut reader, buf, closed, until, STEP_DEADLINE);
         let (written, answer) = tokio::join!(write, read);
@@ -219,7 +225,12 @@ impl Conn {
         Ok(answer)
     }
 
-    async fn read_answer(&mut self, until: Until, deadline: Duration) -> Result<Answer, String> {
+    /// Reads the answer `until` asks for, within `deadline`.
+    pub async fn read_answer(
+        &mut self,
+        until: Until,
+        deadline: Duration,
+    ) -> Result<Answer, String> {
         let (mut reader, _) = self.stream.split();
         read_answer(
             &mut reader,
@@ -229,6 +240,33 @@ impl Conn {
             deadline,
         )
         .await
+    }
+
+    /// Writes `bytes` in one write.
+    pub async fn send(&mut self, bytes: &[u8]) -> Result<(), String> {
+        match tokio::time::timeout(WRITE_DEADLINE, self.stream.write_all(bytes)).await {
+            Ok(written) => written.map_err(|e| format!("write: {e}")),
+            Err(_) => Err(format!("the peer read nothing for {WRITE_DEADLINE:?}")),
+        }
+    }
+
+    /// Writes `bytes` in the given pieces (lengths; the rest in one last write), pausing
+    /// `pause` after each: the pause is what makes each piece a read of its own for the
+    /// peer.
+    pub async fn send_in_pieces(
+        &mut self,
+        bytes: &[u8],
+        pieces: &[usize],
+        pause: Duration,
+    ) -> Result<(), String> {
+        let mut at = 0;
+        for len in pieces {
+            let end = (at + len).min(bytes.len());
+            self.send(&bytes[at..end]).await?;
+            at = end;
+            tokio::time::sleep(pause).await;
+        }
+        self.send(&bytes[at..]).await
     }
 }
 
@@ -271,10 +309,11 @@ async fn read_answer<R: AsyncReadExt + Unpin>(
                     Err(format!("connection closed before {until:?}"))
                 };
             }
-            let mut chunk = [0u8; 65536];
-            match reader.read(&mut chunk).await {
-                Ok(0) | Err(_) => *closed = true,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            // Straight into the heap buffer: a 64 KiB array here would live in every
+            // future that awaits this one.
+            buf.reserve(65536);
+            if let Ok(0) | Err(_) = reader.read_buf(buf).await {
+                *closed = true;
             }
         }
     };
@@ -407,10 +446,10 @@ fn random_cuts(len: usize, seed: u64) -> Vec<(usize, bool)> {
 }
 
 /// splitmix64: a tiny fixed PRNG, so a seed means the same cuts on every machine.
-struct SplitMix(u64);
+pub struct SplitMix(pub u64);
 
 impl SplitMix {
-    fn next(&mut self) -> u64 {
+    pub fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -443,6 +482,44 @@ pub async fn replay(
         answers.push(answer);
     }
     Ok(answers)
+}
+
+/// The rows of the DataRow messages of `answer`, as text (NULL as `None`).
+pub fn rows(answer: &Answer) -> Vec<Vec<Option<String>>> {
+    answer
+        .messages
+        .iter()
+        .filter(|m| m.tag == b'D')
+        .map(|m| {
+            let body = &m.body;
+            let n = u16::from_be_bytes([body[0], body[1]]) as usize;
+            let mut at = 2;
+            (0..n)
+                .map(|_| {
+                    let len = i32::from_be_bytes(body[at..at + 4].try_into().unwrap());
+                    at += 4;
+                    (len >= 0).then(|| {
+                        let value = String::from_utf8_lossy(&body[at..at + len as usize]);
+                        at += len as usize;
+                        value.into_owned()
+                    })
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// The tags of `answer`'s messages as a string, each ReadyForQuery followed by its status
+/// (`"TDCZI"`).
+pub fn shape(answer: &Answer) -> String {
+    let mut out = String::new();
+    for m in &answer.messages {
+        out.push(m.tag as char);
+        if m.tag == b'Z' {
+            out.push(m.body.first().map_or('?', |b| *b as char));
+        }
+    }
+    out
 }
 
 /// Where `proxied` first differs from `direct`, described for a failure message.
