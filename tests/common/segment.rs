@@ -522,8 +522,9 @@ pub fn shape(answer: &Answer) -> String {
     out
 }
 
-/// Where `proxied` first differs from `direct`, described for a failure message.
+/// Where `proxied` differs from `direct`, step by step, described for a failure message.
 pub fn difference(direct: &[Answer], proxied: &[Answer]) -> Option<String> {
+    let mut texts = Vec::new();
     for (i, (d, p)) in direct.iter().zip(proxied).enumerate() {
         if d == p {
             continue;
@@ -555,16 +556,16 @@ pub fn difference(direct: &[Answer], proxied: &[Answer]) -> Option<String> {
                 d.closed, p.closed
             ));
         }
-        return Some(text);
+        texts.push(text);
     }
     if direct.len() != proxied.len() {
-        return Some(format!(
+        texts.push(format!(
             "{} answers from Postgres, {} from pgwarden",
             direct.len(),
             proxied.len()
         ));
     }
-    None
+    (!texts.is_empty()).then(|| texts.join("\n  "))
 }
 
 // Frontend messages the prepared-statement helpers do not have.
