@@ -439,6 +439,26 @@ fn copy_exchanges() -> Vec<Exchange> {
             ],
         ),
         exchange(
+            "sync_after_failed_copy",
+            COPY_TABLE,
+            vec![
+                step(
+                    cat(&[
+                        parse("", "COPY seg_copy FROM STDIN"),
+                        bind_execute("", &[]),
+                        sync(),
+                    ]),
+                    Tag(b'G'),
+                ),
+                step(copy_data(b"bad\n"), Tag(b'E')),
+                step(
+                    cat(&[sync(), query("SELECT pg_sleep(0.1), 'after'")]),
+                    Ready(2),
+                ),
+                step(copy_select(), Ready(1)),
+            ],
+        ),
+        exchange(
             "copy_data_after_failed_copy",
             COPY_TABLE,
             vec![

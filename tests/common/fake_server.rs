@@ -27,8 +27,9 @@ pub struct Fault {
     pub bytes: Vec<u8>,
     /// Close the connection after sending `bytes`.
     pub close: bool,
-    /// Sent this long after `bytes`, unasked (the connection is idle by then).
-    pub later: Option<(Duration, Vec<u8>)>,
+    /// Sent after `bytes` when the test calls [`FakeServer::send_later`], unasked (the
+    /// connection sits idle in pgwarden's pool by then).
+    pub later: Option<Vec<u8>>,
 }
 
 /// What happened on the fake server.
@@ -47,6 +48,8 @@ struct Shared {
     events: Mutex<Vec<Event>>,
     changed: Notify,
     next_conn: Mutex<u32>,
+    /// Lets a connection send its fault's `later` bytes.
+    go_later: Notify,
 }
 
 impl Shared {
@@ -110,6 +113,12 @@ impl FakeServer {
                 );
             }
         }
+    }
+
+    /// Lets the connection waiting to send a fault's `later` bytes send them (now, or as
+    /// soon as it gets there).
+    pub fn send_later(&self) {
+        self.shared.go_later.notify_one();
     }
 
     /// The connection that received a Query containing `trigger`.
@@ -251,8 +260,8 @@ async fn serve(
                     if fault.close {
                         return Ok(());
                     }
-                    if let Some((delay, later)) = &fault.later {
-                        tokio::time::sleep(*delay).await;
+                    if let Some(later) = &fault.later {
+                        shared.go_later.notified().await;
                         stream.write_all(later).await?;
                         shared.record(Event::SentLater(conn));
                     }

@@ -242,6 +242,11 @@ impl Conn {
         .await
     }
 
+    /// Bytes received but not (yet) a whole message.
+    pub fn leftover(&self) -> &[u8] {
+        &self.buf
+    }
+
     /// Writes `bytes` in one write.
     pub async fn send(&mut self, bytes: &[u8]) -> Result<(), String> {
         match tokio::time::timeout(WRITE_DEADLINE, self.stream.write_all(bytes)).await {
@@ -440,7 +445,7 @@ fn random_cuts(len: usize, seed: u64) -> Vec<(usize, bool)> {
     (0..count)
         .map(|_| {
             let at = 1 + (rng.next() % (len as u64 - 1)) as usize;
-            (at, rng.next() % 4 == 0)
+            (at, rng.next().is_multiple_of(4))
         })
         .collect()
 }
