@@ -1,183 +1,19 @@
 //! The `pgwarden` binary as a user runs it: flags, `PGWARDEN_*` variables and a TOML file,
 //! configuration errors at start, signals and draining, and the log lines.
 //!
-//! Every proxy listens on `127.0.0.1:0`; its port is read from its "listening" log line.
+//! Every proxy listens on `127.0.0.1:0`; its port is read from its "listening" log line
+//! (the launcher is `common::process`).
 
 mod common;
 
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
 
-use common::{describe, try_connect_tcp, PgServer};
-
-/// How long a started binary may take to log that it listens.
-const START_DEADLINE: Duration = Duration::from_secs(20);
-
-/// A `pgwarden` process, its stdout and stderr going to files in `dir`. Killed on drop.
-struct Pgwarden {
-    child: Child,
-    /// Its port, once [`Pgwarden::start`] has seen the "listening" line.
-    port: u16,
-    dir: tempfile::TempDir,
-}
-
-impl Pgwarden {
-    /// Spawns the binary with `args` and `env` (and no other `PGWARDEN_*` variable) and
-    /// waits for its "listening" line; panics with its output if it exits or is silent.
-    async fn start(args: &[&str], env: &[(&str, &str)]) -> Pgwarden {
-        let mut proxy = Pgwarden::spawn(args, env);
-        let deadline = Instant::now() + START_DEADLINE;
-        loop {
-            if let Some(port) = listening_port(&proxy.output()) {
-                proxy.port = port;
-                return proxy;
-            }
-            if let Ok(Some(status)) = proxy.child.try_wait() {
-                panic!(
-                    "pgwarden {args:?} exited at start ({status}):\n{}",
-                    proxy.output()
-                );
-            }
-            if Instant::now() > deadline {
-                panic!(
-                    "pgwarden {args:?} not listening after {START_DEADLINE:?}:\n{}",
-                    proxy.output()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    fn spawn(args: &[&str], env: &[(&str, &str)]) -> Pgwarden {
-        let dir = tempfile::tempdir().expect("temporary directory");
-        let stdout = std::fs::File::create(dir.path().join("stdout")).unwrap();
-        let stderr = std::fs::File::create(dir.path().join("stderr")).unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgwarden"));
-        for (name, _) in std::env::vars_os() {
-            if name.to_string_lossy().starts_with("PGWARDEN_") {
-                cmd.env_remove(name);
-            }
-        }
-        cmd.args(args)
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(stdout)
-            .stderr(stderr);
-        let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
-        Pgwarden {
-            child,
-            port: 0,
-            dir,
-        }
-    }
-
-    /// Everything it printed so far, stdout then stderr, without colour codes.
-    fn output(&self) -> String {
-        let read =
-            |name: &str| std::fs::read_to_string(self.dir.path().join(name)).unwrap_or_default();
-        strip_ansi(&format!("{}{}", read("stdout"), read("stderr")))
-    }
-
-    fn stderr(&self) -> String {
-        strip_ansi(&std::fs::read_to_string(self.dir.path().join("stderr")).unwrap_or_default())
-    }
-
-    /// Sends `signal` ("TERM", "INT") with kill(1).
-    fn signal(&self, signal: &str) {
-        let pid = self.child.id().to_string();
-        let status = Command::new("kill")
-            .args([&format!("-{signal}"), &pid])
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -{signal} {pid}: {status}");
-    }
-
-    /// Waits up to `within` for the process to exit; panics with its output otherwise.
-    async fn wait_exit(&mut self, within: Duration) -> ExitStatus {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait for pgwarden") {
-                return status;
-            }
-            if Instant::now() > deadline {
-                panic!(
-                    "pgwarden still running {within:?} later:\n{}",
-                    self.output()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    async fn try_connect(
-        &self,
-        user: &str,
-        password: &str,
-        db: &str,
-    ) -> Result<Client, tokio_postgres::Error> {
-        try_connect_tcp("127.0.0.1", self.port, user, password, db).await
-    }
-
-    async fn connect_app(&self) -> Client {
-        let result = self.try_connect("app", "app_pw", "appdb").await;
-        result.unwrap_or_else(|e| {
-            panic!(
-                "connect through pgwarden as app: {}\n{}",
-                describe(&e),
-                self.output()
-            )
-        })
-    }
-
-    /// Polls until `text` is in the output; panics with the output after 10 s.
-    async fn wait_for_output(&self, text: &str) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !self.output().contains(text) {
-            if Instant::now() > deadline {
-                panic!("pgwarden never printed {text:?}:\n{}", self.output());
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-impl Drop for Pgwarden {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The port of the first `listening addr=HOST:PORT` log line.
-fn listening_port(output: &str) -> Option<u16> {
-    let line = output
-        .lines()
-        .find(|l| l.contains("listening") && l.contains("addr="))?;
-    let addr = line.split("addr=").nth(1)?.split_whitespace().next()?;
-    addr.rsplit(':').next()?.parse().ok()
-}
-
-/// Removes terminal colour sequences (`ESC [ ... m`).
-fn strip_ansi(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
+use common::process::{free_port, Pgwarden};
+use common::{describe, PgServer};
 
 fn upstream(pg: &PgServer) -> String {
     pg.url("app", "app_pw")
@@ -517,9 +353,4 @@ async fn info_logs_client_and_server_connections() {
         connected.contains("user=app") && connected.contains("appdb"),
         "{connected}"
     );
-}
-
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
 }

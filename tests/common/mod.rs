@@ -24,10 +24,14 @@ pub use proxy::*;
 
 // Helpers shared by some of the test binaries; `dead_code` above covers them in the others.
 pub mod clients;
+pub mod fake_server;
+pub mod hostile;
 pub mod identity;
 pub mod pgbench;
 pub mod prepared;
+pub mod process;
 pub mod raw;
+pub mod segment;
 
 use std::collections::hash_map::DefaultHasher;
 use std::fs;
