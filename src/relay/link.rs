@@ -33,6 +33,9 @@ use crate::protocol::{sqlstate, PgError};
 use crate::server::ServerConn;
 use crate::stream::Stream;
 
+/// How long a session that ends waits for its client to take the answers already due.
+const LAST_WORDS: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// A logged-in client: its pool, cancel key and settings. It holds no server yet.
 pub struct Session {
     pub pool: Pool,
@@ -225,8 +228,23 @@ impl<'a> Link<'a> {
             };
             if let Some(end) = step {
                 self.dispose(server, &end).await;
-                return Some(end);
+                return Some(self.deliver_before(end).await);
             }
+        }
+    }
+
+    /// Before the session's last word, the client gets what the server answered up to the
+    /// end (bounded: a client that does not read is not waited for). If that leaves it in
+    /// the middle of a message, no error can follow: the connection just closes.
+    async fn deliver_before(&mut self, end: End) -> End {
+        if matches!(end, End::Stop(super::machine::Stop::ClientLeft)) {
+            return end;
+        }
+        let flush = io::flush(&mut self.machine.s2c, self.client);
+        let delivered = matches!(tokio::time::timeout(LAST_WORDS, flush).await, Ok(Ok(())));
+        match delivered && self.machine.s2c.framer.at_boundary() {
+            true => end,
+            false => End::Cut(Box::new(end)),
         }
     }
 

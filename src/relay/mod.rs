@@ -29,6 +29,9 @@ pub enum End {
     ClientIo(std::io::Error),
     /// pgwarden refused to go on (no server in time, a failed parameter sync, a timeout).
     Refused(PgError),
+    /// Ended with the client's stream in the middle of a message: nothing more can be
+    /// said to it, the connection just closes.
+    Cut(Box<End>),
 }
 
 impl End {
@@ -37,7 +40,7 @@ impl End {
         match self {
             End::Stop(stop) => stop.to_client_error(),
             End::Refused(e) => Some(e.clone()),
-            End::ClientIo(_) => None,
+            End::ClientIo(_) | End::Cut(_) => None,
         }
     }
 }
@@ -53,6 +56,7 @@ impl fmt::Display for End {
             End::Stop(Stop::Shutdown) => f.write_str("pgwarden shutting down"),
             End::ClientIo(e) => write!(f, "client socket error: {e}"),
             End::Refused(e) => write!(f, "refused: {}", e.message),
+            End::Cut(end) => write!(f, "{end} (mid-message, the client was told nothing)"),
         }
     }
 }
