@@ -7,7 +7,7 @@ use std::io;
 use bytes::{Buf, BytesMut};
 
 use crate::protocol::framing::{Chunk, Framer, FramingError};
-use crate::protocol::sql::{self, Effects};
+use crate::protocol::sql::{self, Effects, Feature, Strings};
 use crate::protocol::tags::{backend, frontend};
 use crate::protocol::TransactionStatus;
 use crate::stream::Stream;
@@ -276,13 +276,13 @@ impl Tracker {
                 self.syncs_since_request = 0;
                 self.query_names_statements = true;
                 if let Some(msg) = msg.filter(|_| self.watch_state) {
-                    let mut effects = sql::effects(&msg[5..]);
+                    let mut effects = sql::effects(&msg[5..], Strings::Standard);
                     self.query_names_statements = effects.statements;
                     if self.statements_follow
-                        && effects.pins == Some(sql::SQL_PREPARE)
+                        && effects.acquires.contains(Feature::SqlPrepare)
                         && crate::prepared::handles_query(&msg[5..])
                     {
-                        effects.pins = None;
+                        effects.acquires = effects.acquires.without(Feature::SqlPrepare);
                     }
                     self.effects.merge(effects);
                 }
@@ -320,9 +320,9 @@ impl Tracker {
         let mut parts = body.splitn(3, |b| *b == 0);
         let name = parts.next().unwrap_or_default();
         if !name.is_empty() && !self.statements_follow {
-            self.effects.pins = self.effects.pins.or(Some("named prepared statement"));
+            self.effects.acquires = self.effects.acquires.with(Feature::SqlPrepare);
         }
-        let effects = sql::effects(parts.next().unwrap_or_default());
+        let effects = sql::effects(parts.next().unwrap_or_default(), Strings::Standard);
         self.query_names_statements = effects.statements;
         self.effects.merge(effects);
     }

@@ -25,6 +25,7 @@ use crate::config::PoolMode;
 use crate::context::Context;
 use crate::pool::{ClientId, Pool, PooledServer};
 use crate::protocol::errors::Severity;
+use crate::protocol::sql::Feature;
 use crate::protocol::{messages, sqlstate, PgError, TransactionStatus};
 use crate::stream::Stream;
 
@@ -131,7 +132,8 @@ impl Attached<'_> {
                     }
                 }
             }
-            if let Some(feature) = effects.pins.filter(|_| pin.is_none()) {
+            let pinning = effects.acquires.iter().next().map(Feature::name);
+            if let Some(feature) = pinning.filter(|_| pin.is_none()) {
                 pin = Some(self.pool.pin());
                 if let Some(prepared) = self.link.prepared.as_deref_mut() {
                     prepared.pinned = true;

@@ -3,7 +3,7 @@
 
 use std::borrow::Cow;
 
-use crate::protocol::sql::{for_each_statement, single_statement};
+use crate::protocol::sql::{for_each_statement, single_statement, Strings};
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Command<'a> {
@@ -35,14 +35,14 @@ pub enum Piece<'a> {
 pub fn read_all(sql: &[u8]) -> Option<Vec<Piece<'_>>> {
     let sql = sql.strip_suffix(b"\0").unwrap_or(sql);
     let mut any = false;
-    for_each_statement(sql, |statement| {
+    for_each_statement(sql, Strings::Standard, |statement| {
         any = any || read_statement(statement).is_some()
     });
     if !any {
         return None;
     }
     let mut pieces = Vec::new();
-    for_each_statement(sql, |statement| {
+    for_each_statement(sql, Strings::Standard, |statement| {
         pieces.push(match read_statement(statement) {
             Some(command) => Piece::Command(statement, command),
             None => Piece::Verbatim(statement),
@@ -54,7 +54,7 @@ pub fn read_all(sql: &[u8]) -> Option<Vec<Piece<'_>>> {
 /// The command in a Query's text, if its only statement is one of them.
 pub fn read(sql: &[u8]) -> Option<Command<'_>> {
     let sql = sql.strip_suffix(b"\0").unwrap_or(sql);
-    read_statement(single_statement(sql)?)
+    read_statement(single_statement(sql, Strings::Standard)?)
 }
 
 /// The command one statement is, if it is one.
