@@ -14,6 +14,8 @@ mod lexer;
 mod unescape;
 
 #[cfg(test)]
+mod proptests;
+#[cfg(test)]
 mod tests;
 
 use lexer::{Lexer, Token};
