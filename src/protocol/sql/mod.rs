@@ -14,6 +14,8 @@ mod lexer;
 mod unescape;
 
 #[cfg(test)]
+mod oracle;
+#[cfg(test)]
 mod proptests;
 #[cfg(test)]
 mod tests;

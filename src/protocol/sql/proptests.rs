@@ -38,7 +38,7 @@ const CODE: &[&str] = &[
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq)]
-enum Kind {
+pub(super) enum Kind {
     Plain,
     E,
     U,
@@ -48,7 +48,7 @@ enum Kind {
 }
 
 #[derive(Debug, Clone)]
-enum Tok {
+pub(super) enum Tok {
     Ident(&'static str),
     Quoted {
         unicode: bool,
@@ -132,7 +132,7 @@ const SEPARATORS: &[&str] = &[
 /// the first one.
 const SAME_LINE: &[&str] = &[" ", " /* c */\n", "\t"];
 
-fn render_str(kind: Kind, pieces: &[String], alt: bool, strings: Strings) -> String {
+pub(super) fn render_str(kind: Kind, pieces: &[String], alt: bool, strings: Strings) -> String {
     let escaped = strings == Strings::Escaped;
     let body = |s: &str| -> String {
         match kind {
@@ -161,7 +161,7 @@ fn escape(s: &str, alt: bool) -> String {
     s.replace('\\', "\\\\").replace('\'', quote)
 }
 
-fn render_tok(tok: &Tok, strings: Strings) -> String {
+pub(super) fn render_tok(tok: &Tok, strings: Strings) -> String {
     match tok {
         Tok::Ident(s) | Tok::Number(s) | Tok::Op(s) => s.to_string(),
         Tok::Quoted { unicode, text } => {
