@@ -45,6 +45,46 @@ impl Strings {
     }
 }
 
+/// Whether the scanner reads text in this client_encoding (a ParameterStatus value) as the
+/// server does. In SJIS, BIG5, GBK, UHC, GB18030 and JOHAB (and their aliases) the second
+/// byte of a character may be a `\` or an ASCII letter. The server converts a Query to its
+/// own encoding before lexing it, so with SJIS `E'<0x95 0x5C>'; SET x = 1; --'` runs the
+/// SET (checked on PostgreSQL 15) while the scanner sees one string with an escaped quote.
+/// A session in such an encoding must be pinned: no reading of the bytes is safe.
+pub fn scannable_encoding(client_encoding: &[u8]) -> bool {
+    const UNSAFE: [&[u8]; 18] = [
+        b"sjis",
+        b"shiftjis",
+        b"mskanji",
+        b"win932",
+        b"windows932",
+        b"shiftjis2004",
+        b"big5",
+        b"win950",
+        b"windows950",
+        b"gbk",
+        b"win936",
+        b"windows936",
+        b"cp936",
+        b"uhc",
+        b"win949",
+        b"windows949",
+        b"gb18030",
+        b"johab",
+    ];
+    // PostgreSQL compares encoding names ignoring case and punctuation.
+    let mut name = [0u8; 16];
+    let mut len = 0;
+    for c in client_encoding.iter().filter(|c| c.is_ascii_alphanumeric()) {
+        if len == name.len() {
+            return true;
+        }
+        name[len] = c.to_ascii_lowercase();
+        len += 1;
+    }
+    !UNSAFE.contains(&&name[..len])
+}
+
 /// Session state a statement may leave on the server that cannot follow a client to
 /// another server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -433,6 +433,36 @@ fn unknown_reads_both_ways() {
 }
 
 #[test]
+fn encodings_whose_second_bytes_look_like_ascii_are_not_scannable() {
+    for safe in [
+        "UTF8",
+        "LATIN1",
+        "EUC_JP",
+        "SQL_ASCII",
+        "WIN1252",
+        "unicode",
+    ] {
+        assert!(scannable_encoding(safe.as_bytes()), "{safe}");
+    }
+    for unsafe_ in [
+        "SJIS",
+        "Shift_JIS",
+        "SHIFT_JIS_2004",
+        "BIG5",
+        "GBK",
+        "UHC",
+        "GB18030",
+        "JOHAB",
+        "win932",
+    ] {
+        assert!(!scannable_encoding(unsafe_.as_bytes()), "{unsafe_}");
+    }
+    // The attack: 0x95 0x5C is one SJIS character to the server, `\'` to the scanner.
+    let sjis = b"SELECT E'\x95\x5c'; SET x = 1; --'";
+    assert!(!effects(sjis, Strings::Standard).settings);
+}
+
+#[test]
 fn statements_and_single_statement() {
     let s = Strings::Standard;
     assert_eq!(single_statement(b"select 1", s), Some(&b"select 1"[..]));
