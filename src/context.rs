@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::cancel::CancelRegistry;
 use crate::admission::Admission;
+use crate::cancel::CancelRegistry;
 use crate::config::Config;
 use crate::pool::Pools;
 use crate::refusals::Refusals;

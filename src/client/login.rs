@@ -9,9 +9,9 @@ use bytes::BytesMut;
 use pgwire::messages::startup::Authentication;
 use tokio::io::AsyncWriteExt;
 
-use crate::admission::{Client, Slots};
 use super::handshake::Startup;
 use super::ClientError;
+use crate::admission::{Client, Slots};
 use crate::auth::{self, Secret};
 use crate::cancel::CancelHandle;
 use crate::config::{Config, Database, User};
@@ -79,12 +79,15 @@ pub async fn login(
     stream.write_all(&login_ok(&reported, &cancel)).await?;
     let strings = (reported.get("standard_conforming_strings"))
         .map_or(Strings::Standard, |v| Strings::from_setting(v.as_bytes()));
+    let encoding = reported.get("client_encoding").map_or("", String::as_str);
+    let scannable = crate::protocol::sql::scannable_encoding(encoding.as_bytes());
     let session = Session {
         pool,
         cancel,
         wanted,
         who,
         strings,
+        scannable,
     };
     Ok((session, slots))
 }

@@ -69,6 +69,8 @@ impl Link<'_> {
             false => None,
         };
         self.machine.checked(held.as_ref());
+        let notifications = mem::take(&mut server.notifications);
+        self.machine.s2c.inject().extend_from_slice(&notifications);
         Ok(())
     }
 

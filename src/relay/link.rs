@@ -46,6 +46,9 @@ pub struct Session {
     pub who: ClientId,
     /// How the server lexes strings, as the client was told at login.
     pub strings: Strings,
+    /// Whether SQL in the client's encoding can be read byte by byte (see
+    /// [`crate::protocol::sql::scannable_encoding`]).
+    pub scannable: bool,
 }
 
 /// Runs a logged-in client's session in its pool's mode, and ends it.
@@ -142,6 +145,7 @@ impl<'a> Link<'a> {
             wanted,
             who,
             strings,
+            scannable,
         } = session;
         let mode = pool.settings().mode;
         let max_prepared = Some(ctx.config.max_prepared_statements).filter(|max| *max > 0);
@@ -150,7 +154,7 @@ impl<'a> Link<'a> {
             client_buf,
             ctx.config.max_packet_size,
             max_prepared,
-            strings,
+            (strings, scannable),
         );
         Link {
             client,

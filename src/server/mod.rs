@@ -58,6 +58,9 @@ pub struct Held {
     pub protocol_statements: i64,
 }
 
+/// A NOTIFY delivered to a listening session.
+const NOTIFICATION_RESPONSE: u8 = b'A';
+
 /// Largest message accepted whole from a server during pgwarden's own exchanges.
 const MAX_SERVER_MESSAGE: u32 = 64 * 1024 * 1024;
 
@@ -132,6 +135,9 @@ pub struct ServerConn {
     pub params: params::ServerParams,
     /// Prepared statements pgwarden made here for clients (transaction pooling).
     pub statements: crate::prepared::ServerStatements,
+    /// NotificationResponses that arrived during pgwarden's own queries: they are the
+    /// client's (its LISTEN), and go to it after the query.
+    pub notifications: BytesMut,
     pub created: Instant,
     pub last_used: Instant,
 }
@@ -147,6 +153,7 @@ impl ServerConn {
             target,
             params: params::ServerParams::default(),
             statements: Default::default(),
+            notifications: BytesMut::new(),
             created: now,
             last_used: now,
         }
@@ -172,6 +179,12 @@ impl ServerConn {
                     rows.push(data_row(&msg.body).ok_or(ServerError::Unexpected('D'))?)
                 }
                 backend::PARAMETER_STATUS => self.params.record_status(&msg.body),
+                NOTIFICATION_RESPONSE => {
+                    let out = &mut self.notifications;
+                    out.extend_from_slice(&[NOTIFICATION_RESPONSE]);
+                    out.extend_from_slice(&(msg.body.len() as u32 + 4).to_be_bytes());
+                    out.extend_from_slice(&msg.body);
+                }
                 backend::ERROR_RESPONSE => {
                     let (code, message) = parse_error_fields(&msg.body);
                     failure = Some(ServerError::Query { code, message });

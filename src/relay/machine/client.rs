@@ -159,6 +159,12 @@ impl Machine {
             _ => return (true, Strings::Standard),
         };
         let mut effects = read_text(text, strings);
+        effects.unsure |= !self.dialect.scannable;
+        if effects.unsure && mentions_load(text) {
+            // What a LOAD did cannot be asked of the server afterwards: a text that may
+            // hide one pins for good.
+            effects.acquires = effects.acquires.with(Feature::Load);
+        }
         let sure = if effects.unsure {
             Strings::Standard
         } else {
@@ -205,6 +211,11 @@ fn read_text(text: &[u8], strings: Strings) -> Effects {
         effects.unsure = true;
     }
     effects
+}
+
+/// Whether `load` appears anywhere in the text, in any case.
+fn mentions_load(text: &[u8]) -> bool {
+    text.windows(4).any(|w| w.eq_ignore_ascii_case(b"load"))
 }
 
 /// A Bind of the unnamed statement (its portal name, then an empty statement name).

@@ -105,6 +105,10 @@ struct Dialect {
     /// A request that may change settings is unanswered: the next text may be lexed
     /// either way, so the scanner must hold for both readings.
     in_flight: bool,
+    /// The client encoding lets a byte reading of SQL see what the server sees (not so
+    /// in SJIS, BIG5, GBK and the like, where `\` and letters can be the second byte of a
+    /// character): otherwise every text is unsure.
+    scannable: bool,
 }
 
 impl Dialect {
@@ -150,14 +154,14 @@ pub struct Machine {
 
 impl Machine {
     /// `max_prepared`: statements per server when they follow the client (`None`: named
-    /// statements pin, as in session pooling). `strings`: standard_conforming_strings as
-    /// the client was told at login.
+    /// statements pin, as in session pooling). `strings` and `scannable`: how its
+    /// standard_conforming_strings and client_encoding, as told at login, let SQL be read.
     pub fn new(
         mode: PoolMode,
         client_buf: BytesMut,
         max_len: u32,
         max_prepared: Option<usize>,
-        strings: Strings,
+        (strings, scannable): (Strings, bool),
     ) -> Machine {
         let prepared = max_prepared
             .filter(|_| mode != PoolMode::Session)
@@ -177,6 +181,7 @@ impl Machine {
             dialect: Dialect {
                 settled: strings,
                 in_flight: false,
+                scannable,
             },
             pending: Pending::default(),
             unnamed: Effects::default(),

@@ -10,7 +10,7 @@ use crate::protocol::buffer::Found;
 use crate::protocol::errors::{has_sqlstate, rename};
 use crate::protocol::framing::HEADER_LEN;
 use crate::protocol::rules::answer::{COMMAND_COMPLETE, COPY_BOTH_RESPONSE, COPY_OUT_RESPONSE};
-use crate::protocol::sql::Strings;
+use crate::protocol::sql::{scannable_encoding, Strings};
 use crate::protocol::tags::backend;
 use crate::protocol::TransactionStatus;
 use crate::server::params::ServerParams;
@@ -139,9 +139,14 @@ impl Machine {
     fn parameter_status(&mut self, found: Found, params: &mut ServerParams) {
         let body = &self.s2c.message(found)[HEADER_LEN..];
         let mut fields = body.split(|b| *b == 0);
-        if let (Some(b"standard_conforming_strings"), Some(value)) = (fields.next(), fields.next())
-        {
-            self.dialect.settled = Strings::from_setting(value);
+        match (fields.next(), fields.next()) {
+            (Some(b"standard_conforming_strings"), Some(value)) => {
+                self.dialect.settled = Strings::from_setting(value)
+            }
+            (Some(b"client_encoding"), Some(value)) => {
+                self.dialect.scannable = scannable_encoding(value)
+            }
+            _ => {}
         }
         // A reported parameter changed under the client's own statements: read the
         // session back at the boundary (where settings follow the client).

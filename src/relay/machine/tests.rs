@@ -71,7 +71,13 @@ impl Harness {
     fn new(mode: PoolMode, prepared: bool) -> Harness {
         let max = prepared.then_some(200);
         Harness {
-            m: Machine::new(mode, BytesMut::new(), 1 << 20, max, Strings::Standard),
+            m: Machine::new(
+                mode,
+                BytesMut::new(),
+                1 << 20,
+                max,
+                (Strings::Standard, true),
+            ),
             sim: Sim::default(),
             server: ServerStatements::default(),
             params: ServerParams::default(),
@@ -362,7 +368,7 @@ fn a_pin_is_checked_with_the_server_and_ends_with_its_reason() {
         BytesMut::new(),
         1 << 20,
         Some(200),
-        Strings::Standard,
+        (Strings::Standard, true),
     );
     let (mut server, mut params) = (ServerStatements::default(), ServerParams::default());
     m.c2s.buf.extend_from_slice(&query(
