@@ -5,7 +5,7 @@
 //!
 //! - [`admission`]: the per-identity client caps (user, database, address, application).
 //! - [`config`]: the validated [`config::Config`] (defaults < file < env < flags).
-//! - [`cli`]: the command-line flags, one per config key.
+//! - [`cli`] (in [`config`]): the command-line flags, one per config key.
 //! - [`listener`]: binds TCP and Unix sockets, admits clients (client caps), one task each.
 //! - [`protocol`]: tags, header-only framing, startup classification, errors we send.
 //! - [`auth`]: client authentication (trust, password, md5, SCRAM) and secret storage.
@@ -26,7 +26,7 @@
 pub mod admission;
 pub mod auth;
 pub mod cancel;
-pub mod cli;
+pub use config::cli;
 pub mod client;
 pub mod config;
 pub mod context;

@@ -9,7 +9,7 @@ use pgwire::messages::startup::Authentication;
 use subtle::ConstantTimeEq as _;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _};
 
-use crate::config::AuthType;
+use crate::auth::AuthType;
 use crate::protocol::io::{read_message, ReadError};
 use crate::protocol::messages::authentication;
 use crate::protocol::tags::frontend;

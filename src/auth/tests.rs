@@ -9,7 +9,7 @@ use tokio::task::JoinHandle;
 
 use super::client::ProtocolError;
 use super::*;
-use crate::config::AuthType;
+use crate::auth::AuthType;
 use crate::protocol::io::{read_message, ReadError};
 use crate::protocol::sqlstate;
 use crate::protocol::tags::{auth, backend};

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 
-use crate::cli::Cli;
+use super::cli::Cli;
 use crate::config::{AuthType, ClientIdentity, PoolMode};
 
 /// Every default in one place. They protect the database (small pools, bounded waits) without

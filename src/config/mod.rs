@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use crate::auth::secret::Secret;
 
+pub mod cli;
 pub mod duration;
 pub mod file;
 pub mod validate;
@@ -26,22 +27,7 @@ pub enum PoolMode {
     Statement,
 }
 
-/// How clients prove who they are to pgwarden.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
-pub enum AuthType {
-    #[serde(rename = "trust")]
-    #[value(name = "trust")]
-    Trust,
-    #[serde(rename = "password")]
-    #[value(name = "password")]
-    Password,
-    #[serde(rename = "md5")]
-    #[value(name = "md5")]
-    Md5,
-    #[serde(rename = "scram-sha-256")]
-    #[value(name = "scram-sha-256")]
-    ScramSha256,
-}
+pub use crate::auth::AuthType;
 
 /// What makes clients "the same" for fair queueing and `max_server_conn_per_client`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]

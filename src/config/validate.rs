@@ -6,7 +6,7 @@ use std::fmt;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::cli::Cli;
+use super::cli::Cli;
 use crate::config::duration;
 use crate::config::file::{defaults, FileConfig, FileDatabase, WILDCARD};
 use crate::config::{Config, Database};

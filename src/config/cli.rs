@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
-use crate::config::{AuthType, ClientIdentity, PoolMode};
+use super::{AuthType, ClientIdentity, PoolMode};
 
 // `--help` sections, in the order of config/pgwarden.toml.
 const CLIENTS: &str = "Clients";
