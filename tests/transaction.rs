@@ -608,6 +608,10 @@ async fn a_listening_client_is_pinned_and_gets_its_notifications() {
     let mut a = open(&proxy).await;
     exec(&a.client, "LISTEN chan").await;
     let a_server = pid(&a.client).await;
+    // Counted by reason on its pool.
+    let pools = proxy.ctx.pools.all();
+    let reasons: Vec<_> = pools.iter().flat_map(|p| p.pinned_by_reason()).collect();
+    assert_eq!(reasons, [("LISTEN", 1)], "pinned clients by reason");
 
     // The other server is all B and C have.
     let mut b = open(&proxy).await;
@@ -631,8 +635,15 @@ async fn a_listening_client_is_pinned_and_gets_its_notifications() {
     assert!(b.notifications.try_recv().is_err() && c.notifications.try_recv().is_err());
     assert_eq!(pg.backend_count("app").await, 2);
 
-    // After A leaves, nobody inherits its LISTEN.
+    // After A leaves, nobody inherits its LISTEN, and nobody is counted pinned.
     a.close().await;
+    for _ in 0..100 {
+        if pools.iter().all(|p| p.pinned_by_reason().is_empty()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(pools.iter().all(|p| p.pinned_by_reason().is_empty() && p.pinned_clients() == 0));
     let d = open(&proxy).await;
     // One holds a server in a transaction, so the other gets the second server: both
     // servers are checked, and neither carries A's LISTEN.
