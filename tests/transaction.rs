@@ -643,7 +643,9 @@ async fn a_listening_client_is_pinned_and_gets_its_notifications() {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(pools.iter().all(|p| p.pinned_by_reason().is_empty() && p.pinned_clients() == 0));
+    assert!(pools
+        .iter()
+        .all(|p| p.pinned_by_reason().is_empty() && p.pinned_clients() == 0));
     let d = open(&proxy).await;
     // One holds a server in a transaction, so the other gets the second server: both
     // servers are checked, and neither carries A's LISTEN.

@@ -2,7 +2,7 @@
 //! it answers, and which one completes the answer. The protocol machine keeps a queue of
 //! these, one per message sent, and checks every server message against its front.
 
-use super::rules::answer::*;
+use super::tags::backend::*;
 use super::tags::{backend, frontend};
 
 /// The frontend message an answer belongs to.

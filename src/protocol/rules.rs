@@ -12,25 +12,6 @@ use super::tags::{backend, frontend};
 /// Postgres' limit for the small frontend messages (`PQ_SMALL_MESSAGE_LIMIT`).
 pub const SMALL_MESSAGE_LIMIT: u32 = 10_000;
 
-/// Backend tags the tags module does not name (they need no handling beyond framing).
-pub mod answer {
-    pub const PARSE_COMPLETE: u8 = b'1';
-    pub const BIND_COMPLETE: u8 = b'2';
-    pub const CLOSE_COMPLETE: u8 = b'3';
-    pub const NOTIFICATION: u8 = b'A';
-    pub const COPY_DONE: u8 = b'c';
-    pub const COMMAND_COMPLETE: u8 = b'C';
-    pub const COPY_DATA: u8 = b'd';
-    pub const ROW_DESCRIPTION: u8 = b'T';
-    pub const COPY_OUT_RESPONSE: u8 = b'H';
-    pub const EMPTY_QUERY: u8 = b'I';
-    pub const NO_DATA: u8 = b'n';
-    pub const PORTAL_SUSPENDED: u8 = b's';
-    pub const PARAMETER_DESCRIPTION: u8 = b't';
-    pub const FUNCTION_CALL_RESPONSE: u8 = b'V';
-    pub const COPY_BOTH_RESPONSE: u8 = b'W';
-}
-
 /// Which direction's rules a framer applies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rules {
@@ -93,16 +74,16 @@ fn frontend_limit(tag: u8) -> Limit {
 }
 
 fn backend_limit(tag: u8) -> Limit {
-    use answer::*;
+    use backend::*;
     match tag {
         PARSE_COMPLETE | BIND_COMPLETE | CLOSE_COMPLETE | NO_DATA | EMPTY_QUERY
         | PORTAL_SUSPENDED | COPY_DONE => Limit::Exactly(4),
-        backend::READY_FOR_QUERY => Limit::Exactly(5),
-        backend::ERROR_RESPONSE
-        | backend::NOTICE_RESPONSE
-        | backend::PARAMETER_STATUS
-        | backend::COPY_IN_RESPONSE
-        | backend::DATA_ROW
+        READY_FOR_QUERY => Limit::Exactly(5),
+        ERROR_RESPONSE
+        | NOTICE_RESPONSE
+        | PARAMETER_STATUS
+        | COPY_IN_RESPONSE
+        | DATA_ROW
         | NOTIFICATION
         | COMMAND_COMPLETE
         | COPY_DATA
@@ -111,9 +92,7 @@ fn backend_limit(tag: u8) -> Limit {
         | PARAMETER_DESCRIPTION
         | FUNCTION_CALL_RESPONSE
         | COPY_BOTH_RESPONSE => Limit::Any,
-        backend::AUTHENTICATION
-        | backend::BACKEND_KEY_DATA
-        | backend::NEGOTIATE_PROTOCOL_VERSION => Limit::NotNow,
+        AUTHENTICATION | BACKEND_KEY_DATA | NEGOTIATE_PROTOCOL_VERSION => Limit::NotNow,
         _ => Limit::Unknown,
     }
 }

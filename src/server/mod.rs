@@ -58,9 +58,6 @@ pub struct Held {
     pub protocol_statements: i64,
 }
 
-/// A NOTIFY delivered to a listening session.
-const NOTIFICATION_RESPONSE: u8 = b'A';
-
 /// Largest message accepted whole from a server during pgwarden's own exchanges.
 const MAX_SERVER_MESSAGE: u32 = 64 * 1024 * 1024;
 
@@ -179,9 +176,9 @@ impl ServerConn {
                     rows.push(data_row(&msg.body).ok_or(ServerError::Unexpected('D'))?)
                 }
                 backend::PARAMETER_STATUS => self.params.record_status(&msg.body),
-                NOTIFICATION_RESPONSE => {
+                backend::NOTIFICATION => {
                     let out = &mut self.notifications;
-                    out.extend_from_slice(&[NOTIFICATION_RESPONSE]);
+                    out.extend_from_slice(&[backend::NOTIFICATION]);
                     out.extend_from_slice(&(msg.body.len() as u32 + 4).to_be_bytes());
                     out.extend_from_slice(&msg.body);
                 }

@@ -8,7 +8,6 @@ use std::collections::VecDeque;
 
 use crate::prepared::{ClientStatements, Entry, Expects, Fate, Kind, Rename, ServerStatements};
 use crate::protocol::answers::{Answer, Fit};
-use crate::protocol::rules::answer::COMMAND_COMPLETE;
 use crate::protocol::tags::backend;
 
 /// What to do with one server message.
@@ -117,10 +116,10 @@ impl Owed {
             (_, Fate::Rewritten { swallow, fail }) => {
                 let at = self.completes_seen;
                 match (tag, fail) {
-                    (COMMAND_COMPLETE, Some((failing, _))) if *failing == at => {
+                    (backend::COMMAND_COMPLETE, Some((failing, _))) if *failing == at => {
                         return Verdict::Wrong
                     }
-                    (COMMAND_COMPLETE, _) => {
+                    (backend::COMMAND_COMPLETE, _) => {
                         self.completes_seen = at.saturating_add(1);
                         let bit = 1u64.checked_shl(at).unwrap_or(0);
                         match *swallow & bit {

@@ -9,9 +9,11 @@ use crate::prepared::{ClientStatements, ServerStatements};
 use crate::protocol::buffer::Found;
 use crate::protocol::errors::{has_sqlstate, rename};
 use crate::protocol::framing::HEADER_LEN;
-use crate::protocol::rules::answer::{COMMAND_COMPLETE, COPY_BOTH_RESPONSE, COPY_OUT_RESPONSE};
 use crate::protocol::sql::{scannable_encoding, Strings};
 use crate::protocol::tags::backend;
+use crate::protocol::tags::backend::{
+    COMMAND_COMPLETE, COPY_BOTH_RESPONSE, COPY_OUT_RESPONSE, NOTIFICATION,
+};
 use crate::protocol::TransactionStatus;
 use crate::server::params::ServerParams;
 
@@ -219,6 +221,3 @@ impl Machine {
         self.s2c.forward(found.taken);
     }
 }
-
-/// NotificationResponse.
-const NOTIFICATION: u8 = crate::protocol::rules::answer::NOTIFICATION;

@@ -361,58 +361,35 @@ fn an_answer_nobody_asked_for_is_the_servers_fault() {
     assert_eq!(h.m.verdict(), Verdict::End(Stop::ServerFault(fault)));
 }
 
+/// One statement answered by the backend model, up to the verdict at its boundary.
+fn answered(h: &mut Harness, sql: &str) -> Verdict {
+    h.m.c2s.buf.extend_from_slice(&query(sql));
+    assert_eq!(h.m.verdict(), Verdict::Attach);
+    h.m.attach(&mut h.server);
+    while h.pump() {}
+    h.m.verdict()
+}
+
 #[test]
 fn a_pin_is_checked_with_the_server_and_ends_with_its_reason() {
-    let mut m = Machine::new(
-        PoolMode::Transaction,
-        BytesMut::new(),
-        1 << 20,
-        Some(200),
-        (Strings::Standard, true),
-    );
-    let (mut server, mut params) = (ServerStatements::default(), ServerParams::default());
-    m.c2s.buf.extend_from_slice(&query(
-        "SELECT pg_try_advisory_lock(1) AND pg_advisory_unlock(1)",
-    ));
-    m.attach(&mut server);
-    let (a, b) = m.c2s.output();
-    let n = a.len() + b.len();
-    m.c2s.wrote(n);
-    m.s2c
-        .buf
-        .extend_from_slice(b"C\0\0\0\x0dSELECT 1\0Z\0\0\0\x05I");
-    m.server_read(&mut server, &mut params);
-    let (a, b) = m.s2c.output();
-    let n = a.len() + b.len();
-    m.s2c.wrote(n);
-    let checks = Checks {
+    let mut h = Harness::new(PoolMode::Transaction, true);
+    let held = Checks {
         settings: false,
         held: true,
     };
-    assert_eq!(m.verdict(), Verdict::Check(checks));
-    m.checked(Some(&Held::default()));
-    assert_eq!(m.verdict(), Verdict::Release, "nothing held: no pin");
-    m.detach();
-    m.c2s
-        .buf
-        .extend_from_slice(&query("SELECT pg_advisory_lock(1)"));
-    m.attach(&mut server);
-    let (a, b) = m.c2s.output();
-    let n = a.len() + b.len();
-    m.c2s.wrote(n);
-    m.s2c
-        .buf
-        .extend_from_slice(b"C\0\0\0\x0dSELECT 1\0Z\0\0\0\x05I");
-    m.server_read(&mut server, &mut params);
-    let (a, b) = m.s2c.output();
-    let n = a.len() + b.len();
-    m.s2c.wrote(n);
-    m.checked(Some(&Held {
+    let sql = "SELECT pg_try_advisory_lock(1) AND pg_advisory_unlock(1)";
+    assert_eq!(answered(&mut h, sql), Verdict::Check(held));
+    h.m.checked(Some(&Held::default()));
+    assert_eq!(h.m.verdict(), Verdict::Release, "nothing held: no pin");
+    h.m.detach();
+    let sql = "SELECT pg_advisory_lock(1)";
+    assert_eq!(answered(&mut h, sql), Verdict::Check(held));
+    h.m.checked(Some(&Held {
         advisory_locks: 1,
         ..Held::default()
     }));
-    assert_eq!(m.verdict(), Verdict::Relay, "pinned: the server stays");
-    assert_eq!(m.pins().names(), ["session-level advisory lock"]);
+    assert_eq!(h.m.verdict(), Verdict::Relay, "pinned: the server stays");
+    assert_eq!(h.m.pins().names(), ["session-level advisory lock"]);
 }
 
 #[test]
