@@ -36,6 +36,24 @@ impl Stream {
         }
     }
 
+    /// Whether a read may make progress, for a hand-written poll loop: unlike
+    /// [`readable`](Stream::readable) no future is made, moved or queued per wait (the
+    /// relay waits on four of these per turn). One waker per direction: one task only.
+    pub fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self {
+            Stream::Tcp(s) => s.poll_read_ready(cx),
+            Stream::Unix(s) => s.poll_read_ready(cx),
+        }
+    }
+
+    /// Whether a write may make progress; see [`poll_read_ready`](Stream::poll_read_ready).
+    pub fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self {
+            Stream::Tcp(s) => s.poll_write_ready(cx),
+            Stream::Unix(s) => s.poll_write_ready(cx),
+        }
+    }
+
     /// Reads what is available without waiting; `Ok(0)` is end of stream.
     ///
     /// A read that does not fill the buffer's spare room has drained the socket, so it also

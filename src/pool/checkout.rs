@@ -17,7 +17,7 @@ use crate::server::{self, ServerConn};
 // path an allocation.
 #[allow(clippy::large_enum_variant)]
 enum Entry {
-    Ready(ServerConn),
+    Ready(Box<ServerConn>),
     Queued(Waiter),
 }
 
@@ -147,7 +147,7 @@ impl Pool {
     /// Wraps a server from the idle list for `who`, after closing it instead if it died,
     /// aged out, or fails `server_check_query` having been idle `server_check_delay`.
     /// `None`: it was closed, try again.
-    async fn ready(&self, server: ServerConn, who: &ClientId) -> Option<PooledServer> {
+    async fn ready(&self, server: Box<ServerConn>, who: &ClientId) -> Option<PooledServer> {
         let settings = &self.0.settings;
         let now = Instant::now();
         let check = !settings.check_query.is_empty()
@@ -186,7 +186,12 @@ impl Pool {
     /// waits on while the pool backs off.
     async fn open_server(&self, who: &ClientId) -> Result<Option<PooledServer>, CheckoutError> {
         let settings = &self.0.settings;
-        match server::connect(self.0.target.clone(), settings.connect_timeout).await {
+        // Boxed: the login is large and rare, and every checkout's future would be its size.
+        let connect = Box::pin(server::connect(
+            self.0.target.clone(),
+            settings.connect_timeout,
+        ));
+        match connect.await {
             Ok(server) => {
                 info!(pool = %self.0.name, server_id = server.id, addr = %self.0.target.addr_label(), "server connected");
                 self.remember_login_params(&server);

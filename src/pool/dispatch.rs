@@ -167,7 +167,7 @@ impl Pool {
 
     /// Returns a clean, idle server held by `who`: to the waiter whose turn it is, or to
     /// the idle list.
-    pub(super) fn checkin(&self, mut server: ServerConn, who: Option<&ClientId>) {
+    pub(super) fn checkin(&self, mut server: Box<ServerConn>, who: Option<&ClientId>) {
         server.last_used = Instant::now();
         let mut state = self.state();
         self.unhold(&mut state.held, who);
@@ -206,7 +206,7 @@ impl Pool {
     }
 
     /// Closes a server that must not be reused.
-    pub(super) fn discard(&self, server: ServerConn, reason: &str, who: Option<&ClientId>) {
+    pub(super) fn discard(&self, server: Box<ServerConn>, reason: &str, who: Option<&ClientId>) {
         info!(pool = %self.0.name, server_id = server.id, reason, "server closed");
         drop(server);
         self.release_slot(who);

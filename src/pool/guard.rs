@@ -14,7 +14,7 @@ use crate::server::ServerConn;
 /// returns it; dropping the guard instead closes the server and frees its slot, so a server
 /// whose state is unknown can never reach another client.
 pub struct PooledServer {
-    server: Option<ServerConn>,
+    server: Option<Box<ServerConn>>,
     pool: Pool,
     /// The client identity holding it, when the pool counts holdings
     /// (`max_server_conn_per_client`); `None` otherwise, so no clone on the hot path.
@@ -22,7 +22,7 @@ pub struct PooledServer {
 }
 
 impl PooledServer {
-    pub(super) fn new(server: ServerConn, pool: Pool, who: Option<ClientId>) -> Self {
+    pub(super) fn new(server: Box<ServerConn>, pool: Pool, who: Option<ClientId>) -> Self {
         PooledServer {
             server: Some(server),
             pool,

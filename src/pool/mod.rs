@@ -96,7 +96,7 @@ impl CheckoutError {
 // allocation per hand-off to save bytes nobody keeps.
 #[allow(clippy::large_enum_variant)]
 enum Grant {
-    Server(ServerConn),
+    Server(Box<ServerConn>),
     Slot,
 }
 
@@ -121,7 +121,9 @@ struct LoginState {
 #[derive(Default)]
 struct PoolState {
     /// Idle servers, most recently used last (reused first, so the rest can expire).
-    idle: Vec<ServerConn>,
+    /// Boxed: idle servers move in and out on every transaction, as a pointer.
+    #[allow(clippy::vec_box)]
+    idle: Vec<Box<ServerConn>>,
     /// Backend connections this pool answers for: idle + checked out + being opened.
     open: usize,
     queue: queue::FairQueue<Waiting>,

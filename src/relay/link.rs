@@ -13,11 +13,15 @@
 //! An idle client's whole state is this task's future, so everything that is not the wait
 //! for the client is boxed: its size is paid only while it runs.
 
+use std::future::Future;
 use std::mem;
+use std::pin::Pin;
+use std::task::{self, Poll};
 use std::time::Instant;
 
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
+use tokio_util::sync::WaitForCancellationFuture;
 use tracing::{debug, info};
 
 use super::io;
@@ -79,6 +83,10 @@ async fn session_loop(
 ) -> End {
     let mut link = Link::new(client, client_buf, session, ctx);
     let mut reads_at_attach = None;
+    // One wait for shutdown for the whole session: registered with the token once, not
+    // once per transaction (a lock each time).
+    let shutdown = ctx.shutdown.cancelled();
+    tokio::pin!(shutdown);
     loop {
         // The verdict is not held across the awaits below: it would sit in every idle
         // client's future.
@@ -90,7 +98,7 @@ async fn session_loop(
         };
         match attach {
             false => {
-                if let Some(end) = link.wait_for_client().await {
+                if let Some(end) = link.wait_for_client(shutdown.as_mut()).await {
                     return end;
                 }
             }
@@ -99,7 +107,7 @@ async fn session_loop(
                     return internal("a server was asked for twice for the same request");
                 }
                 reads_at_attach = Some(link.reads);
-                if let Some(end) = Box::pin(link.serve()).await {
+                if let Some(end) = Box::pin(link.serve(shutdown.as_mut())).await {
                     return end;
                 }
             }
@@ -174,20 +182,30 @@ impl<'a> Link<'a> {
 
     /// Waits, without a server, until the client has sent something complete. `Some` when
     /// the session ends first.
-    async fn wait_for_client(&mut self) -> Option<End> {
-        let shutdown = self.ctx.shutdown.cancelled();
-        tokio::pin!(shutdown);
+    async fn wait_for_client(&mut self, mut shutdown: Shutdown<'_, '_>) -> Option<End> {
         while self.machine.verdict() == Verdict::Wait {
             let deadline = self.watch_time();
-            tokio::select! {
-                r = self.client.readable() => match r {
-                    Ok(()) => self.read_client(None),
-                    Err(_) => self.machine.client_closed(),
-                },
-                _ = &mut shutdown, if !self.machine.draining() => self.machine.drain(),
-                expired = until(deadline), if deadline.is_some() => {
-                    if let Some(end) = self.on_timeout(expired) { return Some(end) }
+            let wanted = Wanted {
+                read_client: true,
+                shutdown: !self.machine.draining(),
+                ..Wanted::default()
+            };
+            let timer = until(deadline);
+            tokio::pin!(timer);
+            let on_time = |cx: &mut task::Context<'_>| match deadline {
+                Some(_) => timer.as_mut().poll(cx),
+                None => Poll::Pending,
+            };
+            match wait(self.client, None, wanted, shutdown.as_mut(), on_time).await {
+                Wake::ClientReadable(Ok(())) => self.read_client(None),
+                Wake::ClientReadable(Err(_)) => self.machine.client_closed(),
+                Wake::Shutdown => self.machine.drain(),
+                Wake::Timeout(expired) => {
+                    if let Some(end) = self.on_timeout(expired) {
+                        return Some(end);
+                    }
                 }
+                Wake::ServerWritable(_) | Wake::ServerReadable(_) | Wake::ClientWritable(_) => {}
             }
         }
         None
@@ -212,7 +230,7 @@ impl<'a> Link<'a> {
 
     /// Attaches a server and follows the machine's verdicts until the server goes back
     /// (`None`: the client is idle again) or the session ends.
-    async fn serve(&mut self) -> Option<End> {
+    async fn serve(&mut self, mut shutdown: Shutdown<'_, '_>) -> Option<End> {
         let mut server = match self.attach().await {
             Ok(server) => server,
             Err(end) => return Some(end),
@@ -220,7 +238,7 @@ impl<'a> Link<'a> {
         loop {
             self.sync_pins();
             let step = match self.machine.verdict() {
-                Verdict::Relay => self.relay(&mut server).await,
+                Verdict::Relay => self.relay(&mut server, shutdown.as_mut()).await,
                 Verdict::Release => {
                     self.release(server).await;
                     return None;
@@ -231,7 +249,8 @@ impl<'a> Link<'a> {
                 other => Some(internal(&format!("verdict {other:?} with a server"))),
             };
             if let Some(end) = step {
-                self.dispose(server, &end).await;
+                // Boxed: rare, and large; the transaction's future stays small.
+                Box::pin(self.dispose(server, &end)).await;
                 return Some(self.deliver_before(end).await);
             }
         }
@@ -253,7 +272,11 @@ impl<'a> Link<'a> {
     }
 
     /// Relays both ways while the machine says so. `Some` when a timeout ends the session.
-    async fn relay(&mut self, server: &mut PooledServer) -> Option<End> {
+    async fn relay(
+        &mut self,
+        server: &mut PooledServer,
+        mut shutdown: Shutdown<'_, '_>,
+    ) -> Option<End> {
         let ServerConn {
             stream,
             statements,
@@ -261,46 +284,58 @@ impl<'a> Link<'a> {
             ..
         } = &mut **server;
         let client = self.client;
-        // One wait for shutdown for the whole relay: a new one per turn of the loop would
-        // register with the token (a lock) every time.
-        let shutdown = self.ctx.shutdown.cancelled();
-        tokio::pin!(shutdown);
         while self.machine.verdict() == Verdict::Relay {
             let deadline = self.watch_time();
             let m = &self.machine;
-            let (read_client, write_server) = (m.wants_client(), m.c2s.has_output());
-            let (read_server, write_client) = (m.wants_server(), m.s2c.has_output());
-            let draining = m.draining();
-            // Biased: no random start per turn; every branch is a readiness wait, so
-            // none can starve another for long.
-            tokio::select! {
-                biased;
-                r = client.readable(), if read_client => match r {
-                    Ok(()) => self.read_client(Some(statements)),
-                    Err(_) => self.machine.client_closed(),
-                },
-                r = stream.writable(), if write_server => {
+            let wanted = Wanted {
+                read_client: m.wants_client(),
+                write_server: m.c2s.has_output(),
+                read_server: m.wants_server(),
+                write_client: m.s2c.has_output(),
+                // Shutdown is watched only where the server is kept across boundaries:
+                // else the next boundary hands the session to the wait for the client,
+                // which watches it (a wait registered here would cost every transaction).
+                shutdown: !m.draining() && m.keeps_server(),
+            };
+            if !wanted.any() && deadline.is_none() {
+                return Some(internal("a relay with nothing to wait for"));
+            }
+            let timer = until(deadline);
+            tokio::pin!(timer);
+            let on_time = |cx: &mut task::Context<'_>| match deadline {
+                Some(_) => timer.as_mut().poll(cx),
+                None => Poll::Pending,
+            };
+            match wait(client, Some(stream), wanted, shutdown.as_mut(), on_time).await {
+                Wake::ClientReadable(Ok(())) => self.read_client(Some(statements)),
+                Wake::ClientReadable(Err(_)) => self.machine.client_closed(),
+                Wake::ServerWritable(r) => {
                     if let Err(e) = r.and_then(|_| io::write_from(&mut self.machine.c2s, stream)) {
                         self.machine.server_lost(e.to_string());
                     }
                 }
-                r = stream.readable(), if read_server => {
+                Wake::ServerReadable(r) => {
                     match r.and_then(|_| io::read_into(&mut self.machine.s2c, stream)) {
                         Ok(true) => self.machine.server_read(statements, params),
-                        Ok(false) => self.machine.server_lost("server closed the connection".into()),
+                        Ok(false) => self
+                            .machine
+                            .server_lost("server closed the connection".into()),
                         Err(e) => self.machine.server_lost(e.to_string()),
                     }
                 }
-                r = client.writable(), if write_client => {
-                    if r.and_then(|_| io::write_from(&mut self.machine.s2c, client)).is_err() {
+                Wake::ClientWritable(r) => {
+                    if r.and_then(|_| io::write_from(&mut self.machine.s2c, client))
+                        .is_err()
+                    {
                         self.machine.client_closed();
                     }
                 }
-                _ = &mut shutdown, if !draining => self.machine.drain(),
-                expired = until(deadline), if deadline.is_some() => {
-                    if let Some(end) = self.on_timeout(expired) { return Some(end) }
+                Wake::Shutdown => self.machine.drain(),
+                Wake::Timeout(expired) => {
+                    if let Some(end) = self.on_timeout(expired) {
+                        return Some(end);
+                    }
                 }
-                else => return Some(internal("a relay with nothing to wait for")),
             }
         }
         None
@@ -387,6 +422,81 @@ pub(super) fn over_startup(
         }
     }
     settings
+}
+
+/// The session's wait for shutdown.
+type Shutdown<'p, 't> = Pin<&'p mut WaitForCancellationFuture<'t>>;
+
+/// What one turn of the relay waits for.
+#[derive(Debug, Clone, Copy, Default)]
+struct Wanted {
+    read_client: bool,
+    write_server: bool,
+    read_server: bool,
+    write_client: bool,
+    shutdown: bool,
+}
+
+impl Wanted {
+    fn any(self) -> bool {
+        self.read_client
+            || self.write_server
+            || self.read_server
+            || self.write_client
+            || self.shutdown
+    }
+}
+
+/// What ended a turn's wait.
+enum Wake {
+    ClientReadable(std::io::Result<()>),
+    ServerWritable(std::io::Result<()>),
+    ServerReadable(std::io::Result<()>),
+    ClientWritable(std::io::Result<()>),
+    Shutdown,
+    Timeout(Expired),
+}
+
+/// Waits for the first of what `wanted` names, in a fixed order (every one is a readiness
+/// wait, so none starves another for long). Polled by hand rather than by `select!`: no
+/// future is made, moved and dropped per socket per turn, and each socket keeps one waker
+/// per direction instead of queueing a waiter every time.
+async fn wait(
+    client: &Stream,
+    server: Option<&Stream>,
+    wanted: Wanted,
+    mut shutdown: Shutdown<'_, '_>,
+    mut timeout: impl FnMut(&mut task::Context<'_>) -> Poll<Expired>,
+) -> Wake {
+    std::future::poll_fn(|cx| {
+        if wanted.read_client {
+            if let Poll::Ready(r) = client.poll_read_ready(cx) {
+                return Poll::Ready(Wake::ClientReadable(r));
+            }
+        }
+        if let Some(server) = server {
+            if wanted.write_server {
+                if let Poll::Ready(r) = server.poll_write_ready(cx) {
+                    return Poll::Ready(Wake::ServerWritable(r));
+                }
+            }
+            if wanted.read_server {
+                if let Poll::Ready(r) = server.poll_read_ready(cx) {
+                    return Poll::Ready(Wake::ServerReadable(r));
+                }
+            }
+        }
+        if wanted.write_client {
+            if let Poll::Ready(r) = client.poll_write_ready(cx) {
+                return Poll::Ready(Wake::ClientWritable(r));
+            }
+        }
+        if wanted.shutdown && shutdown.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Wake::Shutdown);
+        }
+        timeout(cx).map(Wake::Timeout)
+    })
+    .await
 }
 
 /// Waits until `deadline` and says which timeout it was (never, without one). The timer

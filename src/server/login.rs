@@ -82,10 +82,12 @@ impl ServerTarget {
 pub async fn connect(
     target: Arc<ServerTarget>,
     timeout: Duration,
-) -> Result<ServerConn, ServerError> {
+) -> Result<Box<ServerConn>, ServerError> {
     let addr = target.addr_label();
     match tokio::time::timeout(timeout, open(target)).await {
-        Ok(result) => result,
+        // Boxed: a server changes hands (pool, client, pool) every transaction, and a
+        // pointer moves for free where the connection's state would be copied.
+        Ok(result) => result.map(Box::new),
         Err(_) => Err(ServerError::ConnectTimeout { addr, timeout }),
     }
 }

@@ -44,15 +44,9 @@ impl ServerParams {
         &self.reported
     }
 
+    /// Without allocating: this runs for every setting of every attach.
     fn current(&self, name: &str) -> Option<&str> {
-        let lower = name.to_ascii_lowercase();
-        if let Some(v) = self.applied.get(&lower) {
-            return Some(v);
-        }
-        self.reported
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        lookup(&self.applied, name).or_else(|| lookup(&self.reported, name))
     }
 
     /// The query that makes this server's session match `wanted`, or `None` if it already
@@ -90,6 +84,13 @@ impl ServerParams {
             .map(|(n, v)| (n.to_ascii_lowercase(), v.clone()))
             .collect();
     }
+}
+
+/// A value by name, in any case.
+fn lookup<'m>(map: &'m BTreeMap<String, String>, name: &str) -> Option<&'m str> {
+    map.iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
 }
 
 /// Quotes a parameter name as an identifier (names like `a.b` are quoted as a whole).

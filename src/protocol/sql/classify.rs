@@ -12,18 +12,66 @@ use super::{Effects, Feature};
 /// cannot recurse further, and a body past it makes the reading unsure.
 pub const MAX_DEPTH: usize = 4;
 
-/// Functions whose calls change the session wherever they appear.
-const SESSION_LOCKS: [&str; 4] = [
-    "pg_advisory_lock",
-    "pg_advisory_lock_shared",
-    "pg_try_advisory_lock",
-    "pg_try_advisory_lock_shared",
-];
-const UNLOCKS: [&str; 3] = [
-    "pg_advisory_unlock",
-    "pg_advisory_unlock_shared",
-    "pg_advisory_unlock_all",
-];
+/// The words a statement's classification looks at inside it (its head is matched
+/// separately, in [`Statement::finish`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Word {
+    /// `set_config`: a call changes settings wherever it appears.
+    SetConfig,
+    /// A session-level advisory lock function.
+    Lock,
+    /// An advisory unlock function.
+    Unlock,
+    Hold,
+    With,
+    /// TEMP or TEMPORARY.
+    Temp,
+    /// A word that makes a following TEMP mean a temporary table (CREATE, OR REPLACE,
+    /// GLOBAL, LOCAL); `creates` for CREATE.
+    BeforeTemp {
+        creates: bool,
+    },
+    Into,
+    Execute,
+    Other,
+}
+
+/// Which [`Word`] `word` is, in any case. Switched on the length first: most words are
+/// names of columns and tables, and cost one comparison.
+fn word_kind(word: &[u8]) -> Word {
+    let any = |keywords: &[&str]| is_any(word, keywords);
+    match word.len() {
+        4 if is(word, "hold") => Word::Hold,
+        4 if is(word, "with") => Word::With,
+        4 if is(word, "temp") => Word::Temp,
+        4 if is(word, "into") => Word::Into,
+        9 if is(word, "temporary") => Word::Temp,
+        6 if is(word, "create") => Word::BeforeTemp { creates: true },
+        5..=7 if any(&["replace", "global", "local"]) => Word::BeforeTemp { creates: false },
+        7 if is(word, "execute") => Word::Execute,
+        10 if is(word, "set_config") => Word::SetConfig,
+        16 | 20 | 23 | 27
+            if any(&[
+                "pg_advisory_lock",
+                "pg_advisory_lock_shared",
+                "pg_try_advisory_lock",
+                "pg_try_advisory_lock_shared",
+            ]) =>
+        {
+            Word::Lock
+        }
+        18 | 22 | 25
+            if any(&[
+                "pg_advisory_unlock",
+                "pg_advisory_unlock_shared",
+                "pg_advisory_unlock_all",
+            ]) =>
+        {
+            Word::Unlock
+        }
+        _ => Word::Other,
+    }
+}
 
 /// Heads of statements that may release state (ON COMMIT DROP tables end with the
 /// transaction).
@@ -136,8 +184,8 @@ struct Statement<'a> {
     /// The first two words; `None` for a quoted identifier (never a keyword).
     head: [Option<&'a [u8]>; 2],
     words: usize,
-    /// The word before the current one (empty after a quoted identifier).
-    prev: &'a [u8],
+    /// The word before the current one (`Other` after a quoted identifier).
+    prev: Word,
     /// Effects of the functions named so far.
     named: Effects,
     /// `WITH HOLD`.
@@ -158,7 +206,7 @@ impl<'a> Statement<'a> {
             depth,
             head: [None; 2],
             words: 0,
-            prev: b"",
+            prev: Word::Other,
             named: Effects::default(),
             hold: false,
             temp: false,
@@ -174,19 +222,25 @@ impl<'a> Statement<'a> {
     }
 
     fn word(&mut self, word: &'a [u8]) {
-        self.name(word);
-        let prev = mem::replace(&mut self.prev, word);
-        self.hold |= is(word, "hold") && is(prev, "with");
-        self.temp |= is_any(word, &["temp", "temporary"])
-            && is_any(prev, &["create", "replace", "global", "local", "into"]);
-        self.creates |= is(word, "create") || is(word, "into");
-        self.execute |= is(word, "execute");
+        let kind = word_kind(word);
+        self.name(word, kind);
+        let prev = mem::replace(&mut self.prev, kind);
+        match kind {
+            Word::Hold => self.hold |= prev == Word::With,
+            Word::Temp => {
+                self.temp |= matches!(prev, Word::BeforeTemp { .. } | Word::Into);
+            }
+            Word::BeforeTemp { creates } => self.creates |= creates,
+            Word::Into => self.creates = true,
+            Word::Execute => self.execute = true,
+            _ => {}
+        }
         self.push(Some(word));
     }
 
     fn quoted(&mut self, name: &[u8]) {
-        self.name(name);
-        self.prev = b"";
+        self.name(name, word_kind(name));
+        self.prev = Word::Other;
         self.push(None);
     }
 
@@ -199,18 +253,21 @@ impl<'a> Statement<'a> {
 
     /// A name, bare or quoted (quoted names compare without case too: a false match only
     /// costs a pin).
-    fn name(&mut self, name: &[u8]) {
-        if is(name, "set_config") {
-            self.named.settings = true;
-        } else if is_any(name, &SESSION_LOCKS) {
-            self.named.acquires = self.named.acquires.with(Feature::AdvisoryLock);
-        } else if is_any(name, &UNLOCKS) {
-            self.named.releases = true;
+    fn name(&mut self, name: &[u8], kind: Word) {
+        match kind {
+            Word::SetConfig => self.named.settings = true,
+            Word::Lock => self.named.acquires = self.named.acquires.with(Feature::AdvisoryLock),
+            Word::Unlock => self.named.releases = true,
+            _ => {}
         }
         self.pg_temp |= name.len() >= 7 && is(&name[..7], "pg_temp");
     }
 
     fn finish(self) -> Effects {
+        if self.words == 0 {
+            // Nothing was read (the end after a last `;`): nothing to say.
+            return Effects::default();
+        }
         let mut out = self.named;
         let word = |i: usize| self.head[i].unwrap_or_default();
         let (first, second) = (word(0), word(1));

@@ -47,24 +47,61 @@ pub struct Lexer<'a> {
     escaped: bool,
 }
 
-/// scan.l's `space`, with the vertical tab that PostgreSQL 16 added.
-pub fn is_space(c: u8) -> bool {
-    matches!(c, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c)
+/// Byte classes, looked up once per byte: the scanner reads every Query on the relay.
+const SPACE: u8 = 1;
+const IDENT_START: u8 = 2;
+const IDENT_CONT: u8 = 4;
+const TAG: u8 = 8;
+
+static CLASSES: [u8; 256] = classes();
+
+const fn classes() -> [u8; 256] {
+    let mut table = [0u8; 256];
+    let mut i = 0;
+    while i < 256 {
+        let c = i as u8;
+        // scan.l's `space`, with the vertical tab that PostgreSQL 16 added.
+        if matches!(c, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c) {
+            table[i] = SPACE;
+        }
+        // scan.l's `ident_start`: bytes >= 0x80 are letters whatever the encoding.
+        if c.is_ascii_alphabetic() || c == b'_' || c >= 0x80 {
+            table[i] = IDENT_START | IDENT_CONT | TAG;
+        }
+        // `ident_cont` adds digits and `$`; `dolq_cont` (a dollar-quote tag) digits only.
+        if c.is_ascii_digit() {
+            table[i] = IDENT_CONT | TAG;
+        }
+        if c == b'$' {
+            table[i] = IDENT_CONT;
+        }
+        i += 1;
+    }
+    table
 }
 
-/// scan.l's `ident_start`: bytes >= 0x80 are letters whatever the encoding.
+fn class(c: u8, of: u8) -> bool {
+    CLASSES[c as usize] & of != 0
+}
+
+/// scan.l's `space`.
+pub fn is_space(c: u8) -> bool {
+    class(c, SPACE)
+}
+
+/// scan.l's `ident_start`.
 pub fn is_ident_start(c: u8) -> bool {
-    c.is_ascii_alphabetic() || c == b'_' || c >= 0x80
+    class(c, IDENT_START)
 }
 
 /// scan.l's `ident_cont`.
 pub fn is_ident_cont(c: u8) -> bool {
-    is_ident_start(c) || c.is_ascii_digit() || c == b'$'
+    class(c, IDENT_CONT)
 }
 
 /// scan.l's `dolq_cont`: a dollar-quote tag character (no `$`).
 fn is_tag_char(c: u8) -> bool {
-    is_ident_start(c) || c.is_ascii_digit()
+    class(c, TAG)
 }
 
 /// Where the `--` comment at `i` ends: at the next newline (`\n` or `\r`) or the end.
@@ -190,10 +227,11 @@ impl<'a> Lexer<'a> {
             _ => {}
         }
         let start = self.pos;
-        self.pos += 1;
-        while self.at(0).is_some_and(is_ident_cont) {
-            self.pos += 1;
-        }
+        let rest = &self.sql[start + 1..];
+        self.pos += 1 + rest
+            .iter()
+            .position(|c| !is_ident_cont(*c))
+            .unwrap_or(rest.len());
         Token::Word(&self.sql[start..self.pos])
     }
 
@@ -285,9 +323,11 @@ impl<'a> Lexer<'a> {
     }
 
     fn skip_digits(&mut self) {
-        while self.at(0).is_some_and(|c| c.is_ascii_digit()) {
-            self.pos += 1;
-        }
+        let rest = self.sql.get(self.pos..).unwrap_or_default();
+        self.pos += rest
+            .iter()
+            .position(|c| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
     }
 
     /// A block comment; `pos` is at its `/*`. They nest.

@@ -229,10 +229,15 @@ impl Machine {
         if checks.any() {
             return Verdict::Check(checks);
         }
-        match self.mode == PoolMode::Session || !self.pins.is_empty() {
+        match self.keeps_server() {
             true => Verdict::Relay,
             false => Verdict::Release,
         }
+    }
+
+    /// Whether the server stays with the client at a boundary (session pooling, or pinned).
+    pub fn keeps_server(&self) -> bool {
+        self.mode == PoolMode::Session || !self.pins.is_empty()
     }
 
     /// The server owes nothing, stands outside any transaction, pipeline and COPY, and

@@ -87,10 +87,12 @@ impl Owed {
 
     /// Decides what becomes of a server message and moves the queue on. Notices,
     /// notifications and parameter reports are not asked about: they answer nothing.
+    /// `client`: the client's statements, where they follow it (`None`: nothing of theirs
+    /// can be taken back, and no map is made for every answer).
     pub fn on_server(
         &mut self,
         tag: u8,
-        client: &mut ClientStatements,
+        client: Option<&mut ClientStatements>,
         server: &mut ServerStatements,
     ) -> Verdict {
         let Some(Entry {
@@ -154,9 +156,11 @@ impl Owed {
     fn on_error(
         &mut self,
         answer: Answer,
-        client: &mut ClientStatements,
+        client: Option<&mut ClientStatements>,
         server: &mut ServerStatements,
     ) {
+        let mut none = ClientStatements::default();
+        let client = client.unwrap_or(&mut none);
         if !answer.extended() {
             // Query or Sync: still completed by its ReadyForQuery; the statements from the
             // failing one on did not run.
@@ -240,7 +244,7 @@ mod tests {
     fn run(owed: &mut Owed, tags: &[u8]) -> Vec<Verdict> {
         let (mut client, mut server) = (ClientStatements::default(), ServerStatements::default());
         tags.iter()
-            .map(|&tag| owed.on_server(tag, &mut client, &mut server))
+            .map(|&tag| owed.on_server(tag, Some(&mut client), &mut server))
             .collect()
     }
 
@@ -271,7 +275,7 @@ mod tests {
         owed.push(Entry::pass(Answer::Query));
         owed.push(Entry::pass(Answer::Sync));
         assert_eq!(
-            owed.on_server(b'E', &mut client, &mut server),
+            owed.on_server(b'E', Some(&mut client), &mut server),
             Verdict::Forward
         );
         assert_eq!(owed.due_write(), None, "skipped writes are never written");

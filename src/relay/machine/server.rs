@@ -5,7 +5,7 @@
 use super::owed::Verdict as Fate;
 use super::{CopyMode, Machine, Phase, Stop, Trust};
 use crate::config::PoolMode;
-use crate::prepared::{ClientStatements, ServerStatements};
+use crate::prepared::ServerStatements;
 use crate::protocol::buffer::Found;
 use crate::protocol::errors::{has_sqlstate, rename};
 use crate::protocol::framing::HEADER_LEN;
@@ -93,15 +93,14 @@ impl Machine {
 
     /// What becomes of an answer, as the queue of answers owed says.
     fn answer_fate(&mut self, tag: u8, replay: bool, server: &mut ServerStatements) -> Fate {
-        let mut none = ClientStatements::default();
         let client = match self.prepared.as_deref_mut() {
             Some(prepared) => {
                 if !replay {
                     prepared.on_answer(self.owed.front());
                 }
-                &mut prepared.client
+                Some(&mut prepared.client)
             }
-            None => &mut none,
+            None => None,
         };
         let fate = self.owed.on_server(tag, client, server);
         if !replay {
