@@ -97,6 +97,16 @@ impl Stream {
         Ok(())
     }
 
+    /// Closes the sending side (a FIN after what was written), through `&self`; errors
+    /// mean the peer is gone already, which is what this is for.
+    pub fn shutdown_write(&self) {
+        let socket = match self {
+            Stream::Tcp(s) => SockRef::from(s),
+            Stream::Unix(s) => SockRef::from(s),
+        };
+        let _ = socket.shutdown(std::net::Shutdown::Write);
+    }
+
     /// True if the peer has closed or sent something unasked; used on idle servers, which
     /// must have nothing to say.
     pub fn has_pending_input(&self) -> bool {

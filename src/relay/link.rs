@@ -20,7 +20,6 @@ use std::task::{self, Poll};
 use std::time::Instant;
 
 use bytes::BytesMut;
-use tokio::io::AsyncWriteExt;
 use tokio_util::sync::WaitForCancellationFuture;
 use tracing::{debug, info};
 
@@ -56,35 +55,37 @@ pub struct Session {
 }
 
 /// Runs a logged-in client's session in its pool's mode, and ends it.
-pub async fn run(
-    client: &mut Stream,
+///
+/// Not an `async fn`: one keeps its arguments in its state beside what is made of them,
+/// and this state is every idle client's memory. The [`Link`] is made first and moved in.
+pub fn run<'a>(
+    client: &'a Stream,
     client_buf: BytesMut,
     session: Session,
-    ctx: &Context,
-) -> End {
-    let end = session_loop(client, client_buf, session, ctx).await;
-    Box::pin(finish(client, &end)).await;
-    end
+    ctx: &'a Context,
+) -> impl Future<Output = End> + 'a {
+    let mut link = Link::new(client, client_buf, session, ctx);
+    async move {
+        let end = session_loop(&mut link).await;
+        drop(link);
+        Box::pin(finish(client, &end)).await;
+        end
+    }
 }
 
 /// Tells the client why the session ends, where it is still listening.
-async fn finish(client: &mut Stream, end: &End) {
+async fn finish(client: &Stream, end: &End) {
     if let Some(error) = end.to_client_error() {
-        let _ = client.write_all(&error.to_bytes()).await;
+        let _ = client.write_all_ready(&error.to_bytes()).await;
     }
-    let _ = client.shutdown().await;
+    client.shutdown_write();
 }
 
-async fn session_loop(
-    client: &Stream,
-    client_buf: BytesMut,
-    session: Session,
-    ctx: &Context,
-) -> End {
-    let mut link = Link::new(client, client_buf, session, ctx);
+async fn session_loop(link: &mut Link<'_>) -> End {
     let mut reads_at_attach = None;
     // One wait for shutdown for the whole session: registered with the token once, not
     // once per transaction (a lock each time).
+    let ctx = link.ctx;
     let shutdown = ctx.shutdown.cancelled();
     tokio::pin!(shutdown);
     loop {
