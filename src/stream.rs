@@ -1,8 +1,9 @@
 //! A TCP or Unix socket behind one type, used for both client and server connections.
 //!
-//! The relay works on readiness (`readable`/`try_read_buf`, `writable`/`try_write`) through
-//! `&self`, so one task can wait on both directions of two sockets in a single `select!`
-//! without splitting them; the handshake phases use the ordinary `AsyncRead`/`AsyncWrite`.
+//! The relay works on readiness (`poll_read_ready`/`try_read_buf`,
+//! `poll_write_ready`/`try_write`) through `&self`, so one task can wait on both directions
+//! of two sockets in a single poll without splitting them; the handshake phases use the
+//! ordinary `AsyncRead`/`AsyncWrite`.
 
 use std::io;
 use std::pin::Pin;

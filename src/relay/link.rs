@@ -3,9 +3,9 @@
 //! says at each turn — release the server, check it, or end. Nothing here decides
 //! anything about the protocol; it moves bytes and acts on verdicts.
 //!
-//! Reading and writing of both sockets are driven by readiness in one `select!`, so a
-//! server blocked on a full client socket never stops pgwarden from reading the client
-//! (and the other way round): no deadlock, no extra task, no channel. Every turn either
+//! Reading and writing of both sockets are driven by readiness in one hand-written poll
+//! (`wait`), so a server blocked on a full client socket never stops pgwarden from reading
+//! the client (and the other way round): no deadlock, no extra task, no channel. Every turn either
 //! waits for a socket or a timer, or acts on I/O that happened: there is no loop without
 //! progress, and a safety net ends a session that asks for a server twice without the
 //! client having sent anything in between.
@@ -16,7 +16,7 @@
 use std::future::Future;
 use std::mem;
 use std::pin::Pin;
-use std::task::{self, Poll};
+use std::task::Poll;
 use std::time::Instant;
 
 use bytes::BytesMut;
@@ -191,13 +191,7 @@ impl<'a> Link<'a> {
                 shutdown: !self.machine.draining(),
                 ..Wanted::default()
             };
-            let timer = until(deadline);
-            tokio::pin!(timer);
-            let on_time = |cx: &mut task::Context<'_>| match deadline {
-                Some(_) => timer.as_mut().poll(cx),
-                None => Poll::Pending,
-            };
-            match wait(self.client, None, wanted, shutdown.as_mut(), on_time).await {
+            match wait(self.client, None, wanted, shutdown.as_mut(), deadline).await {
                 Wake::ClientReadable(Ok(())) => self.read_client(None),
                 Wake::ClientReadable(Err(_)) => self.machine.client_closed(),
                 Wake::Shutdown => self.machine.drain(),
@@ -301,13 +295,7 @@ impl<'a> Link<'a> {
             if !wanted.any() && deadline.is_none() {
                 return Some(internal("a relay with nothing to wait for"));
             }
-            let timer = until(deadline);
-            tokio::pin!(timer);
-            let on_time = |cx: &mut task::Context<'_>| match deadline {
-                Some(_) => timer.as_mut().poll(cx),
-                None => Poll::Pending,
-            };
-            match wait(client, Some(stream), wanted, shutdown.as_mut(), on_time).await {
+            match wait(client, Some(stream), wanted, shutdown.as_mut(), deadline).await {
                 Wake::ClientReadable(Ok(())) => self.read_client(Some(statements)),
                 Wake::ClientReadable(Err(_)) => self.machine.client_closed(),
                 Wake::ServerWritable(r) => {
@@ -458,17 +446,19 @@ enum Wake {
     Timeout(Expired),
 }
 
-/// Waits for the first of what `wanted` names, in a fixed order (every one is a readiness
-/// wait, so none starves another for long). Polled by hand rather than by `select!`: no
-/// future is made, moved and dropped per socket per turn, and each socket keeps one waker
-/// per direction instead of queueing a waiter every time.
+/// Waits for the first of what `wanted` names, or the deadline, in a fixed order (every one
+/// is a readiness wait, so none starves another for long). Polled by hand rather than by
+/// `select!`: no future is made, moved and dropped per socket per turn, and each socket
+/// keeps one waker per direction instead of queueing a waiter every time.
 async fn wait(
     client: &Stream,
     server: Option<&Stream>,
     wanted: Wanted,
     mut shutdown: Shutdown<'_, '_>,
-    mut timeout: impl FnMut(&mut task::Context<'_>) -> Poll<Expired>,
+    deadline: Option<(Instant, Expired)>,
 ) -> Wake {
+    let timer = until(deadline);
+    tokio::pin!(timer);
     std::future::poll_fn(|cx| {
         if wanted.read_client {
             if let Poll::Ready(r) = client.poll_read_ready(cx) {
@@ -495,7 +485,10 @@ async fn wait(
         if wanted.shutdown && shutdown.as_mut().poll(cx).is_ready() {
             return Poll::Ready(Wake::Shutdown);
         }
-        timeout(cx).map(Wake::Timeout)
+        match deadline {
+            Some(_) => timer.as_mut().poll(cx).map(Wake::Timeout),
+            None => Poll::Pending,
+        }
     })
     .await
 }
