@@ -15,18 +15,16 @@
 
 use std::future::Future;
 use std::mem;
-use std::pin::Pin;
-use std::task::Poll;
 use std::time::Instant;
 
 use bytes::BytesMut;
-use tokio_util::sync::WaitForCancellationFuture;
 use tracing::{debug, info};
 
 use super::io;
 use super::machine::pins::Reasons;
 use super::machine::{Machine, Verdict};
 use super::timeouts::{Expired, Timeouts};
+use super::wait::{wait, Shutdown, Wake, Wanted};
 use super::End;
 use crate::cancel::{CancelHandle, CancelTarget};
 use crate::context::Context;
@@ -411,100 +409,4 @@ pub(super) fn over_startup(
         }
     }
     settings
-}
-
-/// The session's wait for shutdown.
-type Shutdown<'p, 't> = Pin<&'p mut WaitForCancellationFuture<'t>>;
-
-/// What one turn of the relay waits for.
-#[derive(Debug, Clone, Copy, Default)]
-struct Wanted {
-    read_client: bool,
-    write_server: bool,
-    read_server: bool,
-    write_client: bool,
-    shutdown: bool,
-}
-
-impl Wanted {
-    fn any(self) -> bool {
-        self.read_client
-            || self.write_server
-            || self.read_server
-            || self.write_client
-            || self.shutdown
-    }
-}
-
-/// What ended a turn's wait.
-enum Wake {
-    ClientReadable(std::io::Result<()>),
-    ServerWritable(std::io::Result<()>),
-    ServerReadable(std::io::Result<()>),
-    ClientWritable(std::io::Result<()>),
-    Shutdown,
-    Timeout(Expired),
-}
-
-/// Waits for the first of what `wanted` names, or the deadline, in a fixed order (every one
-/// is a readiness wait, so none starves another for long). Polled by hand rather than by
-/// `select!`: no future is made, moved and dropped per socket per turn, and each socket
-/// keeps one waker per direction instead of queueing a waiter every time.
-async fn wait(
-    client: &Stream,
-    server: Option<&Stream>,
-    wanted: Wanted,
-    mut shutdown: Shutdown<'_, '_>,
-    deadline: Option<(Instant, Expired)>,
-) -> Wake {
-    let timer = until(deadline);
-    tokio::pin!(timer);
-    std::future::poll_fn(|cx| {
-        if wanted.read_client {
-            if let Poll::Ready(r) = client.poll_read_ready(cx) {
-                return Poll::Ready(Wake::ClientReadable(r));
-            }
-        }
-        if let Some(server) = server {
-            if wanted.write_server {
-                if let Poll::Ready(r) = server.poll_write_ready(cx) {
-                    return Poll::Ready(Wake::ServerWritable(r));
-                }
-            }
-            if wanted.read_server {
-                if let Poll::Ready(r) = server.poll_read_ready(cx) {
-                    return Poll::Ready(Wake::ServerReadable(r));
-                }
-            }
-        }
-        if wanted.write_client {
-            if let Poll::Ready(r) = client.poll_write_ready(cx) {
-                return Poll::Ready(Wake::ClientWritable(r));
-            }
-        }
-        if wanted.shutdown && shutdown.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(Wake::Shutdown);
-        }
-        match deadline {
-            Some(_) => timer.as_mut().poll(cx).map(Wake::Timeout),
-            None => Poll::Pending,
-        }
-    })
-    .await
-}
-
-/// Waits until `deadline` and says which timeout it was (never, without one). The timer
-/// is boxed: the wait for an idle client is part of every client's task, timer or not.
-fn until(deadline: Option<(Instant, Expired)>) -> impl std::future::Future<Output = Expired> {
-    let timer =
-        deadline.map(|(when, expired)| (Box::pin(tokio::time::sleep_until(when.into())), expired));
-    async move {
-        match timer {
-            Some((sleep, expired)) => {
-                sleep.await;
-                expired
-            }
-            None => std::future::pending().await,
-        }
-    }
 }

@@ -8,12 +8,14 @@
 //! - `boundary`: what the loop does with its server between relaying: checks, pins,
 //!   statement pooling's refusals, and giving the server up at the end.
 //! - [`timeouts`]: the idle, transaction and query timeouts.
+//! - `wait`: the one wait per turn of the loop (sockets, shutdown, a deadline).
 
 mod boundary;
 pub mod io;
 mod link;
 pub mod machine;
 pub mod timeouts;
+mod wait;
 
 use std::fmt;
 
