@@ -166,16 +166,15 @@ fn caps(
     user: Option<&User>,
     client: &Client<'_>,
 ) -> Vec<(Key, usize)> {
-    let per_user = user.and_then(|u| u.max_client_conn_per_user);
-    let per_database = route.max_client_conn_per_database;
+    let pool = config.pool_config(route, user);
     let candidates = [
         (
             Some(Key::User(client.user.to_owned())),
-            per_user.unwrap_or(config.max_client_conn_per_user),
+            pool.max_client_conn_per_user,
         ),
         (
             Some(Key::Database(client.database.to_owned())),
-            per_database.unwrap_or(config.max_client_conn_per_database),
+            pool.max_client_conn_per_database,
         ),
         (
             client.peer.map(|p| Key::Addr(Network::of(p.ip(), config))),

@@ -58,12 +58,6 @@ pub struct CancelRegistry {
     wait: Duration,
 }
 
-impl Default for CancelRegistry {
-    fn default() -> Self {
-        CancelRegistry::new(crate::config::file::defaults::CANCEL_WAIT_TIMEOUT)
-    }
-}
-
 /// A client's registration; dropping it retires the key.
 pub struct CancelHandle {
     pub key: BackendKey,

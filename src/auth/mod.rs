@@ -14,18 +14,14 @@ pub use userlist::UserlistError;
 mod tests;
 
 /// How clients prove who they are to pgwarden.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum AuthType {
-    #[serde(rename = "trust")]
     #[value(name = "trust")]
     Trust,
-    #[serde(rename = "password")]
     #[value(name = "password")]
     Password,
-    #[serde(rename = "md5")]
     #[value(name = "md5")]
     Md5,
-    #[serde(rename = "scram-sha-256")]
     #[value(name = "scram-sha-256")]
     ScramSha256,
 }

@@ -160,26 +160,20 @@ fn pool_spec(
         user: server_user,
         credential,
     };
+    let pool = config.pool_config(route, user);
     let settings = PoolSettings {
-        size: user
-            .and_then(|u| u.pool_size)
-            .or(route.pool_size)
-            .unwrap_or(config.pool_size),
-        min_size: route.min_pool_size.unwrap_or(config.min_pool_size),
-        reserve_size: route.reserve_pool_size.unwrap_or(config.reserve_pool_size),
+        size: pool.pool_size,
+        min_size: pool.min_pool_size,
+        reserve_size: pool.reserve_pool_size,
         reserve_timeout: config.reserve_pool_timeout,
         per_client: config.max_server_conn_per_client,
         wait_notify: config.query_wait_notify,
         login_retry: config.server_login_retry,
         check_delay: config.server_check_delay,
         check_query: config.server_check_query.clone(),
-        max_db_connections: (route.max_db_connections).unwrap_or(config.max_db_connections),
-        max_user_connections: (user.and_then(|u| u.max_user_connections))
-            .unwrap_or(config.max_user_connections),
-        mode: user
-            .and_then(|u| u.pool_mode)
-            .or(route.pool_mode)
-            .unwrap_or(config.pool_mode),
+        max_db_connections: pool.max_db_connections,
+        max_user_connections: pool.max_user_connections,
+        mode: pool.pool_mode,
         reset_query: config.server_reset_query.clone(),
         idle_timeout: config.server_idle_timeout,
         lifetime: config.server_lifetime,

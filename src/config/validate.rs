@@ -4,12 +4,12 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
-use std::time::Duration;
 
 use super::cli::Cli;
-use crate::config::duration;
-use crate::config::file::{defaults, FileConfig, FileDatabase, WILDCARD};
-use crate::config::{Config, Database};
+use super::value::Scalar;
+use crate::config::file::{FileConfig, FileDatabase, DATABASE_HOST, DATABASE_PORT, WILDCARD};
+use crate::config::settings;
+use crate::config::{Config, Database, Overrides, Scope};
 
 mod addr;
 #[cfg(test)]
@@ -99,9 +99,12 @@ pub fn from_sources(file_text: Option<&str>, cli: &Cli) -> Result<Config, Config
         }
         None => FileConfig::default(),
     };
-    if let (Some(auth_file), Some(config)) = (&mut file.auth_file, &cli.config) {
-        if auth_file.is_relative() {
-            *auth_file = config.parent().unwrap_or(Path::new("")).join(&*auth_file);
+    if let (Some(Scalar::Text(auth_file)), Some(config)) =
+        (file.settings.get_mut("auth_file"), &cli.config)
+    {
+        if Path::new(auth_file.as_str()).is_relative() {
+            let dir = config.parent().unwrap_or(Path::new(""));
+            *auth_file = dir.join(&*auth_file).display().to_string();
         }
     }
     validate(file.merge(cli))
@@ -137,7 +140,15 @@ fn syntax_error(text: &str, cli: &Cli, error: &toml::de::Error) -> ConfigErrors 
 /// top-level settings first, then routes, then users.
 fn validate(merged: FileConfig) -> Result<Config, ConfigErrors> {
     let mut check = Checker::default();
-    let mut config = top_level(&mut check, &merged);
+    for key in merged.settings.keys() {
+        if settings::find(key).is_none() {
+            check.error(key.as_str(), "unknown key");
+        }
+    }
+    let mut config = Config::read(&merged.settings, &mut |key, reason| {
+        check.error(key, reason)
+    });
+    check.limits(&mut config);
     let upstream = merged
         .upstream
         .as_deref()
@@ -150,73 +161,6 @@ fn validate(merged: FileConfig) -> Result<Config, ConfigErrors> {
     check.finish(config)
 }
 
-/// The top-level settings, with defaults for those not given; no routes or users yet.
-fn top_level(check: &mut Checker, merged: &FileConfig) -> Config {
-    /// A duration key: parsed from the merged text, or its default from `defaults`.
-    macro_rules! duration {
-        ($key:ident, $default:ident) => {
-            check.duration(stringify!($key), &merged.$key, defaults::$default)
-        };
-    }
-    let config = Config {
-        listen: check.listen(merged.listen.as_deref().unwrap_or(defaults::LISTEN)),
-        unix_socket_dir: merged.unix_socket_dir.clone(),
-        auth_type: merged.auth_type.unwrap_or(defaults::AUTH_TYPE),
-        users: HashMap::new(),
-        databases: HashMap::new(),
-        wildcard: None,
-        pool_mode: merged.pool_mode.unwrap_or(defaults::POOL_MODE),
-        pool_size: merged.pool_size.unwrap_or(defaults::POOL_SIZE),
-        min_pool_size: merged.min_pool_size.unwrap_or(defaults::MIN_POOL_SIZE),
-        max_client_conn: merged.max_client_conn.unwrap_or(defaults::MAX_CLIENT_CONN),
-        max_client_conn_per_user: cap(merged.max_client_conn_per_user),
-        max_client_conn_per_database: cap(merged.max_client_conn_per_database),
-        max_client_conn_per_addr: cap(merged.max_client_conn_per_addr),
-        max_client_conn_per_app: cap(merged.max_client_conn_per_app),
-        client_addr_prefix_v4: (merged.client_addr_prefix_v4)
-            .unwrap_or(defaults::CLIENT_ADDR_PREFIX_V4),
-        client_addr_prefix_v6: (merged.client_addr_prefix_v6)
-            .unwrap_or(defaults::CLIENT_ADDR_PREFIX_V6),
-        client_identity: merged.client_identity.unwrap_or(defaults::CLIENT_IDENTITY),
-        reserve_pool_size: (merged.reserve_pool_size).unwrap_or(defaults::RESERVE_POOL_SIZE),
-        reserve_pool_timeout: duration!(reserve_pool_timeout, RESERVE_POOL_TIMEOUT),
-        max_db_connections: cap(merged.max_db_connections),
-        max_user_connections: cap(merged.max_user_connections),
-        max_server_conn: cap(merged.max_server_conn),
-        max_server_conn_per_client: cap(merged.max_server_conn_per_client),
-        query_wait_notify: duration!(query_wait_notify, QUERY_WAIT_NOTIFY),
-        client_idle_timeout: duration!(client_idle_timeout, CLIENT_IDLE_TIMEOUT),
-        idle_transaction_timeout: duration!(idle_transaction_timeout, IDLE_TRANSACTION_TIMEOUT),
-        transaction_timeout: duration!(transaction_timeout, TRANSACTION_TIMEOUT),
-        query_timeout: duration!(query_timeout, QUERY_TIMEOUT),
-        server_login_retry: duration!(server_login_retry, SERVER_LOGIN_RETRY),
-        server_check_delay: duration!(server_check_delay, SERVER_CHECK_DELAY),
-        server_check_query: (merged.server_check_query.clone())
-            .unwrap_or_else(|| defaults::SERVER_CHECK_QUERY.to_owned()),
-        cancel_wait_timeout: duration!(cancel_wait_timeout, CANCEL_WAIT_TIMEOUT),
-        server_reset_query: (merged.server_reset_query.clone())
-            .unwrap_or_else(|| defaults::SERVER_RESET_QUERY.to_owned()),
-        server_idle_timeout: duration!(server_idle_timeout, SERVER_IDLE_TIMEOUT),
-        server_lifetime: duration!(server_lifetime, SERVER_LIFETIME),
-        server_connect_timeout: duration!(server_connect_timeout, SERVER_CONNECT_TIMEOUT),
-        query_wait_timeout: duration!(query_wait_timeout, QUERY_WAIT_TIMEOUT),
-        client_login_timeout: duration!(client_login_timeout, CLIENT_LOGIN_TIMEOUT),
-        shutdown_timeout: duration!(shutdown_timeout, SHUTDOWN_TIMEOUT),
-        max_packet_size: merged.max_packet_size.unwrap_or(defaults::MAX_PACKET_SIZE),
-        max_prepared_statements: (merged.max_prepared_statements)
-            .unwrap_or(defaults::MAX_PREPARED_STATEMENTS),
-        workers: merged.workers.unwrap_or(defaults::WORKERS),
-        log_level: check.log_level(merged.log_level.as_deref().unwrap_or(defaults::LOG_LEVEL)),
-    };
-    check.limits(&config);
-    config
-}
-
-/// A cap that is off unless given (zero: unlimited).
-fn cap(value: Option<usize>) -> usize {
-    value.unwrap_or(defaults::UNLIMITED)
-}
-
 /// Collects problems while the checks go on; each check returns a usable value regardless.
 #[derive(Default)]
 struct Checker {
@@ -224,7 +168,7 @@ struct Checker {
 }
 
 impl Checker {
-    fn error(&mut self, key: impl Into<String>, reason: impl Into<String>) {
+    pub(super) fn error(&mut self, key: impl Into<String>, reason: impl Into<String>) {
         self.errors.push(ConfigError::new(key, reason));
     }
 
@@ -235,8 +179,11 @@ impl Checker {
         }
     }
 
-    /// The top-level ranges and relations, checked on the values in force.
-    fn limits(&mut self, config: &Config) {
+    /// The top-level ranges and relations, checked on the values in force; `listen` and
+    /// `log_level` are also checked for form (and the level normalised).
+    fn limits(&mut self, config: &mut Config) {
+        self.listen(&config.listen);
+        config.log_level = self.log_level(&config.log_level);
         if (config.unix_socket_dir.as_ref()).is_some_and(|dir| dir.as_os_str().is_empty()) {
             self.error("unix_socket_dir", "empty; leave it out for no Unix socket");
         }
@@ -281,22 +228,12 @@ impl Checker {
         }
     }
 
-    fn duration(&mut self, key: &str, text: &Option<String>, default: Duration) -> Duration {
-        let Some(text) = text else { return default };
-        duration::parse(text).unwrap_or_else(|e| {
-            self.error(key, e.to_string());
-            default
-        })
-    }
-
-    fn listen(&mut self, text: &str) -> Vec<String> {
-        let entries: Vec<String> = text.split(',').map(|e| e.trim().to_owned()).collect();
-        for entry in &entries {
+    fn listen(&mut self, entries: &[String]) {
+        for entry in entries {
             if let Err(reason) = addr::check_listen(entry) {
                 self.error("listen", reason);
             }
         }
-        entries
     }
 
     fn upstream(&mut self, url: &str) -> Option<Upstream> {
@@ -359,11 +296,11 @@ impl Checker {
             self.error(key(""), "a database name must not be empty");
         }
         let host = entry.host.clone();
-        let host = host.unwrap_or_else(|| defaults::DATABASE_HOST.to_owned());
+        let host = host.unwrap_or_else(|| DATABASE_HOST.to_owned());
         if host.trim().is_empty() {
             self.error(key("host"), "empty; leave it out for 127.0.0.1");
         }
-        let port = entry.port.unwrap_or(defaults::DATABASE_PORT);
+        let port = entry.port.unwrap_or(DATABASE_PORT);
         if port == 0 {
             self.error(key("port"), "must be a port from 1 to 65535, not 0");
         }
@@ -377,14 +314,15 @@ impl Checker {
                 self.error(key(field), "empty; leave it out to use the client's");
             }
         }
-        if let Some(size) = entry.pool_size {
+        let overrides = self.overrides(&entry.settings, Scope::Database, &key);
+        if let Some(size) = overrides.pool_size {
             self.at_least(&key("pool_size"), size, 1);
         }
-        let min = entry.min_pool_size.unwrap_or(0);
+        let min = overrides.min_pool_size.unwrap_or(0);
         self.min_pool_size(
             &key("min_pool_size"),
             min,
-            entry.pool_size.unwrap_or(pool_size),
+            overrides.pool_size.unwrap_or(pool_size),
         );
         Database {
             host,
@@ -392,13 +330,20 @@ impl Checker {
             dbname: entry.dbname.clone(),
             user: entry.user.clone(),
             password: entry.password.clone(),
-            pool_size: entry.pool_size,
-            min_pool_size: entry.min_pool_size,
-            pool_mode: entry.pool_mode,
-            reserve_pool_size: entry.reserve_pool_size,
-            max_db_connections: entry.max_db_connections,
-            max_client_conn_per_database: entry.max_client_conn_per_database,
+            overrides,
         }
+    }
+
+    /// The per-pool settings of one `[databases.NAME]` or `[users.NAME]` entry.
+    fn overrides(
+        &mut self,
+        entries: &std::collections::BTreeMap<String, Scalar>,
+        table: Scope,
+        key: &dyn Fn(&str) -> String,
+    ) -> Overrides {
+        Overrides::read(entries, table, key, &mut |key, reason| {
+            self.error(key, reason)
+        })
     }
 }
 

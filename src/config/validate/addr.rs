@@ -3,7 +3,7 @@
 
 use std::net::Ipv6Addr;
 
-use crate::config::file::defaults;
+use crate::config::file::DATABASE_PORT;
 use crate::config::Database;
 
 /// How an upstream URL must look; every upstream error ends with it.
@@ -82,7 +82,7 @@ pub fn parse_upstream(text: &str) -> Result<Upstream, String> {
     if host.is_empty() {
         return Err(format!("has no host; {UPSTREAM_FORM}"));
     }
-    let port = url.port().unwrap_or(defaults::DATABASE_PORT);
+    let port = url.port().unwrap_or(DATABASE_PORT);
     if port == 0 {
         return Err(format!(
             "port must be from 1 to 65535, not 0; {UPSTREAM_FORM}"
@@ -96,19 +96,7 @@ pub fn parse_upstream(text: &str) -> Result<Upstream, String> {
         "" => None,
         name => Some((percent_decode(name)?, password)),
     };
-    let route = Database {
-        host,
-        port,
-        dbname: None,
-        user: None,
-        password: None,
-        pool_size: None,
-        min_pool_size: None,
-        pool_mode: None,
-        reserve_pool_size: None,
-        max_db_connections: None,
-        max_client_conn_per_database: None,
-    };
+    let route = Database::at(&host, port);
     Ok(Upstream { route, user })
 }
 

@@ -8,7 +8,7 @@ use super::{table_key, Checker, Upstream};
 use crate::auth::secret::Secret;
 use crate::auth::userlist;
 use crate::config::file::{FileConfig, FileUser};
-use crate::config::{AuthType, User};
+use crate::config::{AuthType, Scope, User};
 
 impl Checker {
     /// `[users]`, then `auth_file` (its passwords win), then the upstream URL's user (a flag
@@ -21,8 +21,8 @@ impl Checker {
         auth_type: AuthType,
     ) -> HashMap<String, User> {
         let mut users = self.file_users(&merged.users);
-        if let Some(path) = &merged.auth_file {
-            for (name, password) in self.auth_file(path) {
+        if let Some(path) = merged.text("auth_file") {
+            for (name, password) in self.auth_file(Path::new(path)) {
                 match Secret::parse(&password) {
                     Ok(secret) => user_entry(&mut users, name).secret = Some(secret),
                     Err(e) => self.error("auth_file", format!("user {name:?}: {e}")),
@@ -58,7 +58,8 @@ impl Checker {
             if name.is_empty() {
                 self.error(key(""), "a user name must not be empty");
             }
-            if let Some(size) = entry.pool_size {
+            let overrides = self.overrides(&entry.settings, Scope::User, &key);
+            if let Some(size) = overrides.pool_size {
                 self.at_least(&key("pool_size"), size, 1);
             }
             let secret = entry.password.as_deref().and_then(|password| {
@@ -66,13 +67,7 @@ impl Checker {
                     .map_err(|e| self.error(key("password"), e.to_string()))
                     .ok()
             });
-            let user = User {
-                secret,
-                pool_size: entry.pool_size,
-                pool_mode: entry.pool_mode,
-                max_user_connections: entry.max_user_connections,
-                max_client_conn_per_user: entry.max_client_conn_per_user,
-            };
+            let user = User { secret, overrides };
             users.insert(name.clone(), user);
         }
         users
@@ -91,11 +86,5 @@ impl Checker {
 }
 
 fn user_entry(users: &mut HashMap<String, User>, name: String) -> &mut User {
-    users.entry(name).or_insert(User {
-        secret: None,
-        pool_size: None,
-        pool_mode: None,
-        max_user_connections: None,
-        max_client_conn_per_user: None,
-    })
+    users.entry(name).or_default()
 }
