@@ -97,3 +97,16 @@ impl fmt::Debug for Database {
             .finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_route_never_prints_its_password() {
+        let mut route = Database::at("db", 5432);
+        route.password = Some("hunter2".to_owned());
+        let shown = format!("{route:?}");
+        assert!(!shown.contains("hunter2") && shown.contains("<redacted>"), "{shown}");
+    }
+}
