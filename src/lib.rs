@@ -3,6 +3,7 @@
 //!
 //! # Layout
 //!
+//! - [`check`]: `pgwarden check`, the audit of a configuration against the live database.
 //! - [`admission`]: the per-identity client caps (user, database, address, application).
 //! - [`config`]: the validated [`config::Config`] (defaults < file < env < flags).
 //! - [`cli`] (in [`config`]): the command-line flags, one per config key.
@@ -26,6 +27,7 @@
 pub mod admission;
 pub mod auth;
 pub mod cancel;
+pub mod check;
 pub use config::cli;
 pub mod client;
 pub mod config;

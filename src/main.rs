@@ -1,14 +1,16 @@
-//! The `pgwarden` binary: parse flags, load the configuration, start logging, run.
+//! The `pgwarden` binary: parse flags, load the configuration, start logging, run (or audit
+//! with `pgwarden check`).
 
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
+use tracing::warn;
 use tracing_subscriber::EnvFilter;
 
-use pgwarden::cli::Cli;
-use pgwarden::{config, listener, shutdown};
+use pgwarden::cli::{Cli, Run};
+use pgwarden::{check, config, listener, shutdown};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -19,6 +21,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(Run::Check { offline }) = cli.command {
+        return audit(&config, !offline);
+    }
     let filter = EnvFilter::try_new(&config.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
     tracing_subscriber::fmt()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
@@ -49,9 +54,34 @@ fn main() -> ExitCode {
     }
 }
 
+/// `pgwarden check`: the report on stdout, the exit code for CI.
+fn audit(config: &config::Config, live: bool) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("pgwarden: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let report = runtime.block_on(check::audit(config, live));
+    print!("{}", check::render(&report));
+    ExitCode::from(report.exit_code())
+}
+
 async fn serve(config: config::Config) -> std::io::Result<()> {
     let listeners = listener::bind(&config.listen).await?;
+    let config = Arc::new(config);
+    // The same findings `pgwarden check` reports, as warnings, without delaying the start.
+    let audited = config.clone();
+    tokio::spawn(async move {
+        for finding in check::audit(&audited, true).await.findings {
+            warn!(key = %finding.key, "configuration check: {}", finding.message);
+        }
+    });
     let token = CancellationToken::new();
     tokio::spawn(shutdown::on_signals(token.clone()));
-    pgwarden::run(listeners, Arc::new(config), token).await
+    pgwarden::run(listeners, config, token).await
 }

@@ -3,14 +3,14 @@
 //! flags are made from [`SETTINGS`] at start, so a new setting needs no code here.
 //!
 //! Values stay text here; they are read and checked by `config::validate`, so that every
-//! problem is reported together, by key. Subcommands (`check`) will become
-//! `#[command(subcommand)] command: Option<Command>`, with these flags `global = true`.
+//! problem is reported together, by key. Every flag is global: `pgwarden check --pool-size 5`
+//! audits what `pgwarden --pool-size 5` would run with.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use clap::builder::PossibleValuesParser;
-use clap::{Arg, ArgMatches, Args, Command, FromArgMatches, Parser};
+use clap::{Arg, ArgMatches, Args, Command, FromArgMatches, Parser, Subcommand};
 
 use super::settings::UPSTREAM_DOC;
 use super::{Setting, SETTINGS};
@@ -21,7 +21,7 @@ use super::{Setting, SETTINGS};
 pub struct Cli {
     /// Read settings from this TOML file (see config/pgwarden.toml); flags and PGWARDEN_*
     /// variables override it.
-    #[arg(long, env = "PGWARDEN_CONFIG", value_name = "FILE")]
+    #[arg(long, env = "PGWARDEN_CONFIG", value_name = "FILE", global = true)]
     pub config: Option<PathBuf>,
 
     #[arg(
@@ -30,11 +30,28 @@ pub struct Cli {
         value_name = "URL",
         hide_env_values = true
     )]
-    #[arg(help = UPSTREAM_DOC)]
+    #[arg(help = UPSTREAM_DOC, global = true)]
     pub upstream: Option<String>,
 
     #[command(flatten)]
     pub settings: Flags,
+
+    #[command(subcommand)]
+    pub command: Option<Run>,
+}
+
+/// What to do instead of running the proxy.
+#[derive(Subcommand, Debug, Clone, PartialEq, Eq)]
+pub enum Run {
+    /// Validate the configuration without starting, then audit it against the live database
+    /// (backend connections pgwarden may open against max_connections, CONNECTION LIMITs,
+    /// timeouts, file descriptors, pool modes). Exits 0 when clean, 1 with warnings, 2 with
+    /// errors.
+    Check {
+        /// Do not connect to any server: audit the configuration alone.
+        #[arg(long)]
+        offline: bool,
+    },
 }
 
 impl Cli {
@@ -56,7 +73,8 @@ fn flag(setting: &Setting) -> Arg {
         .env(setting.env())
         .value_name(setting.value_name)
         .help(help)
-        .help_heading(setting.heading);
+        .help_heading(setting.heading)
+        .global(true);
     let choices = (setting.choices)();
     match choices.is_empty() {
         true => arg,

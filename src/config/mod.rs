@@ -107,6 +107,9 @@ mod tests {
         let mut route = Database::at("db", 5432);
         route.password = Some("hunter2".to_owned());
         let shown = format!("{route:?}");
-        assert!(!shown.contains("hunter2") && shown.contains("<redacted>"), "{shown}");
+        assert!(
+            !shown.contains("hunter2") && shown.contains("<redacted>"),
+            "{shown}"
+        );
     }
 }
