@@ -262,15 +262,26 @@ pub(crate) fn verifier_from_bytes(password: &[u8], salt: &[u8], iterations: u32)
     }
 }
 
-/// A verifier for a user that does not exist, so that probing for user names sees the same
-/// exchange as for a wrong password: the salt is stable per user name for the life of the
-/// process (a real user's salt does not change between attempts either), and the random keys
-/// make every proof fail.
-pub fn mock_verifier(user: &str, process_secret: &[u8]) -> ScramVerifier {
-    let digest = hmac(process_secret, user.as_bytes());
+/// The SCRAM salt of `user` in this process: a keyed hash of the name, so that it is the
+/// same at every login (as a salt stored per user is in Postgres, and as clients that cache
+/// derived keys expect), differs between users whatever their passwords, and cannot be
+/// predicted without `key`. Users pgwarden knows only a plain password for and users it
+/// does not know at all get their salt this one way, so the two look alike.
+pub fn user_salt(key: &[u8], user: &str) -> [u8; SALT_LEN] {
+    let digest = hmac(key, user.as_bytes());
+    let mut salt = [0u8; SALT_LEN];
+    salt.copy_from_slice(&digest[..SALT_LEN]);
+    salt
+}
+
+/// A verifier nobody knows the password of, for a user that does not exist or whose secret
+/// SCRAM cannot use: the exchange runs as for a wrong password. `salt` and `iterations`
+/// must be what a real user would show (see [`user_salt`]); the random keys make every
+/// proof fail.
+pub fn mock_verifier(salt: &[u8], iterations: u32) -> ScramVerifier {
     ScramVerifier {
-        iterations: DEFAULT_ITERATIONS,
-        salt: digest[..SALT_LEN].to_vec(),
+        iterations,
+        salt: salt.to_vec(),
         stored_key: rand::random(),
         server_key: rand::random(),
     }
@@ -393,12 +404,14 @@ mod tests {
     }
 
     #[test]
-    fn mock_verifiers_have_stable_salts_and_unguessable_keys() {
-        let (a, b) = (mock_verifier("alice", b"k"), mock_verifier("alice", b"k"));
-        assert_eq!((a.salt.len(), a.iterations), (SALT_LEN, DEFAULT_ITERATIONS));
+    fn user_salts_are_stable_per_user_and_key_and_mock_keys_unguessable() {
+        let salt = user_salt(b"k", "alice");
+        assert_eq!(salt, user_salt(b"k", "alice"));
+        assert_ne!(salt, user_salt(b"k", "bob"));
+        assert_ne!(salt, user_salt(b"other process", "alice"));
+        let (a, b) = (mock_verifier(&salt, 10_000), mock_verifier(&salt, 10_000));
+        assert_eq!((a.salt.len(), a.iterations), (SALT_LEN, 10_000));
         assert_eq!(a.salt, b.salt);
         assert_ne!(a.stored_key, b.stored_key);
-        assert_ne!(a.salt, mock_verifier("bob", b"k").salt);
-        assert_ne!(a.salt, mock_verifier("alice", b"other process").salt);
     }
 }

@@ -6,6 +6,33 @@ use super::tags::startup_code;
 /// Postgres (`MAX_STARTUP_PACKET_LENGTH`).
 pub const MAX_STARTUP_PACKET: usize = 10_000;
 
+/// What the front of a buffer of startup-phase bytes holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Front {
+    /// A whole packet of this many bytes, its length word included.
+    Whole(usize),
+    /// Not a whole packet until the buffer holds at least this many bytes.
+    NeedMore(usize),
+}
+
+/// Where the first startup-phase packet in `buf` ends. `Err(len)`: its length word says
+/// `len`, under 8 or over [`MAX_STARTUP_PACKET`] + 4, so it is refused before its body is
+/// read (as Postgres does).
+pub fn front(buf: &[u8]) -> Result<Front, usize> {
+    let Some(word) = buf.first_chunk::<4>() else {
+        return Ok(Front::NeedMore(4));
+    };
+    let len = u32::from_be_bytes(*word) as usize;
+    if !(8..=MAX_STARTUP_PACKET + 4).contains(&len) {
+        return Err(len);
+    }
+    Ok(if buf.len() >= len {
+        Front::Whole(len)
+    } else {
+        Front::NeedMore(len)
+    })
+}
+
 /// What a client's untagged first packet asks for.
 #[derive(Debug, PartialEq, Eq)]
 pub enum StartupPacket {
