@@ -250,7 +250,7 @@ pub fn verifier_from_password(password: &str, salt: &[u8], iterations: u32) -> S
 }
 
 /// [`verifier_from_password`] for a password as the client sent it, which need not be UTF-8.
-pub(crate) fn verifier_from_bytes(password: &[u8], salt: &[u8], iterations: u32) -> ScramVerifier {
+pub fn verifier_from_bytes(password: &[u8], salt: &[u8], iterations: u32) -> ScramVerifier {
     let mut salted = [0u8; 32];
     pbkdf2::pbkdf2_hmac::<Sha256>(password, salt, iterations, &mut salted);
     let client_key = hmac(&salted, b"Client Key");
