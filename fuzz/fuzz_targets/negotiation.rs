@@ -54,7 +54,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let whole = run(stream, || usize::MAX);
-    let mut x = u64::from(seed) * 0x9E37_79B9_7F4A_7C15 | 1;
+    let mut x = u64::from(seed).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     let cut = run(stream, || {
         x ^= x << 13;
         x ^= x >> 7;

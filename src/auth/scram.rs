@@ -1,11 +1,10 @@
 //! Server side of SCRAM-SHA-256 (RFC 5802 / RFC 7677) as Postgres speaks it: message parsing,
 //! proof verification and verifier derivation. Pure functions, no IO.
 //!
-//! Passwords: Postgres runs SASLprep over passwords before hashing. For ASCII passwords that
-//! is the identity; pgwarden does not implement SASLprep and uses any non-ASCII password as
-//! its raw UTF-8 bytes, which is also what Postgres does whenever SASLprep rejects a
-//! password. A non-ASCII password that SASLprep would *change* (e.g. one containing
-//! non-NFKC characters) therefore derives a different verifier here than in Postgres.
+//! Passwords: like Postgres (and libpq, which does the same on its side), a password is
+//! run through SASLprep (RFC 4013) before hashing, and used as its raw bytes when it is not
+//! UTF-8 or SASLprep refuses it. Without this, a password SASLprep changes (say one with a
+//! spacing accent, which NFKC decomposes) would derive a verifier no client could match.
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
@@ -251,6 +250,10 @@ pub fn verifier_from_password(password: &str, salt: &[u8], iterations: u32) -> S
 
 /// [`verifier_from_password`] for a password as the client sent it, which need not be UTF-8.
 pub fn verifier_from_bytes(password: &[u8], salt: &[u8], iterations: u32) -> ScramVerifier {
+    let prepared = std::str::from_utf8(password)
+        .ok()
+        .and_then(|text| stringprep::saslprep(text).ok());
+    let password = prepared.as_deref().map_or(password, str::as_bytes);
     let mut salted = [0u8; 32];
     pbkdf2::pbkdf2_hmac::<Sha256>(password, salt, iterations, &mut salted);
     let client_key = hmac(&salted, b"Client Key");
@@ -400,6 +403,31 @@ mod tests {
                 .unwrap_err()
                 .to_string();
             assert!(err.contains(needle), "{msg}: {err}");
+        }
+    }
+
+    #[test]
+    fn passwords_are_saslprepped_like_libpq_does() {
+        // U+02DD (a spacing double acute) is changed by SASLprep; a fuzz run found that an
+        // honest client could not log in with it. A control character (SASLprep refuses
+        // it) and bytes that are not UTF-8 are used raw, on both sides.
+        let passwords: [&[u8]; 6] = [
+            "\u{2dd}".as_bytes(),
+            "I\u{ad}X".as_bytes(),
+            "\u{2168}".as_bytes(),
+            b"pencil",
+            b"a\x07b",
+            b"\xcb\xff",
+        ];
+        for password in passwords {
+            let verifier = verifier_from_bytes(password, b"0123456789abcdef", 1);
+            let mut client = ScramSha256::new(password, ChannelBinding::unrequested());
+            let server = ScramServer::start(&verifier, client.message()).unwrap();
+            client
+                .update(server.server_first_message().as_bytes())
+                .unwrap();
+            let verdict = server.finish(client.message()).unwrap();
+            assert!(matches!(verdict, Verdict::Accepted { .. }), "{password:?}");
         }
     }
 
