@@ -7,6 +7,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use crate::admission::Admission;
+use crate::auth::Logins;
 use crate::cancel::CancelRegistry;
 use crate::config::Config;
 use crate::pool::Pools;
@@ -20,6 +21,8 @@ pub struct Context {
     /// Clients counted against the per-identity client caps.
     pub admission: Arc<Admission>,
     pub refusals: Arc<Refusals>,
+    /// Per-user SCRAM salts, derived verifiers, what unknown users are made to look like.
+    pub logins: Arc<Logins>,
     /// Cancelled when pgwarden starts shutting down: clients leave at their next idle point.
     pub shutdown: CancellationToken,
     /// Cancelled when `shutdown_timeout` ran out: every session ends where it stands.
@@ -34,6 +37,9 @@ impl Context {
             cancels: CancelRegistry::new(config.cancel_wait_timeout),
             admission: Arc::default(),
             refusals,
+            logins: Arc::new(Logins::new(
+                config.users.values().filter_map(|u| u.secret.as_ref()),
+            )),
             abort: CancellationToken::new(),
             shutdown,
             config,

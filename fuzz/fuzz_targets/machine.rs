@@ -69,7 +69,11 @@ fuzz_target!(|data: &[u8]| {
     let Some((&setup, mut rest)) = data.split_first() else {
         return;
     };
-    let mode = [PoolMode::Session, PoolMode::Transaction, PoolMode::Statement][setup as usize % 3];
+    let mode = [
+        PoolMode::Session,
+        PoolMode::Transaction,
+        PoolMode::Statement,
+    ][setup as usize % 3];
     let prepared = (setup & 4 != 0).then_some(1 + (setup as usize >> 4));
     let strings = [Strings::Standard, Strings::Escaped][(setup >> 3) as usize & 1];
     let mut run = Run {

@@ -2,11 +2,15 @@
 //! back it, and the PgBouncer-style auth file. Logging in to Postgres lives in `server::login`.
 
 pub mod client;
+pub mod logins;
+pub mod messages;
+pub mod sasl;
 pub mod scram;
 pub mod secret;
 pub mod userlist;
 
 pub use client::{authenticate, AuthError};
+pub use logins::Logins;
 pub use secret::{ScramVerifier, Secret, SecretError};
 pub use userlist::UserlistError;
 

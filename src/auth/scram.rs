@@ -1,11 +1,10 @@
 //! Server side of SCRAM-SHA-256 (RFC 5802 / RFC 7677) as Postgres speaks it: message parsing,
 //! proof verification and verifier derivation. Pure functions, no IO.
 //!
-//! Passwords: Postgres runs SASLprep over passwords before hashing. For ASCII passwords that
-//! is the identity; pgwarden does not implement SASLprep and uses any non-ASCII password as
-//! its raw UTF-8 bytes, which is also what Postgres does whenever SASLprep rejects a
-//! password. A non-ASCII password that SASLprep would *change* (e.g. one containing
-//! non-NFKC characters) therefore derives a different verifier here than in Postgres.
+//! Passwords: like Postgres (and libpq, which does the same on its side), a password is
+//! run through SASLprep (RFC 4013) before hashing, and used as its raw bytes when it is not
+//! UTF-8 or SASLprep refuses it. Without this, a password SASLprep changes (say one with a
+//! spacing accent, which NFKC decomposes) would derive a verifier no client could match.
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
@@ -250,7 +249,11 @@ pub fn verifier_from_password(password: &str, salt: &[u8], iterations: u32) -> S
 }
 
 /// [`verifier_from_password`] for a password as the client sent it, which need not be UTF-8.
-pub(crate) fn verifier_from_bytes(password: &[u8], salt: &[u8], iterations: u32) -> ScramVerifier {
+pub fn verifier_from_bytes(password: &[u8], salt: &[u8], iterations: u32) -> ScramVerifier {
+    let prepared = std::str::from_utf8(password)
+        .ok()
+        .and_then(|text| stringprep::saslprep(text).ok());
+    let password = prepared.as_deref().map_or(password, str::as_bytes);
     let mut salted = [0u8; 32];
     pbkdf2::pbkdf2_hmac::<Sha256>(password, salt, iterations, &mut salted);
     let client_key = hmac(&salted, b"Client Key");
@@ -262,15 +265,26 @@ pub(crate) fn verifier_from_bytes(password: &[u8], salt: &[u8], iterations: u32)
     }
 }
 
-/// A verifier for a user that does not exist, so that probing for user names sees the same
-/// exchange as for a wrong password: the salt is stable per user name for the life of the
-/// process (a real user's salt does not change between attempts either), and the random keys
-/// make every proof fail.
-pub fn mock_verifier(user: &str, process_secret: &[u8]) -> ScramVerifier {
-    let digest = hmac(process_secret, user.as_bytes());
+/// The SCRAM salt of `user` in this process: a keyed hash of the name, so that it is the
+/// same at every login (as a salt stored per user is in Postgres, and as clients that cache
+/// derived keys expect), differs between users whatever their passwords, and cannot be
+/// predicted without `key`. Users pgwarden knows only a plain password for and users it
+/// does not know at all get their salt this one way, so the two look alike.
+pub fn user_salt(key: &[u8], user: &str) -> [u8; SALT_LEN] {
+    let digest = hmac(key, user.as_bytes());
+    let mut salt = [0u8; SALT_LEN];
+    salt.copy_from_slice(&digest[..SALT_LEN]);
+    salt
+}
+
+/// A verifier nobody knows the password of, for a user that does not exist or whose secret
+/// SCRAM cannot use: the exchange runs as for a wrong password. `salt` and `iterations`
+/// must be what a real user would show (see [`user_salt`]); the random keys make every
+/// proof fail.
+pub fn mock_verifier(salt: &[u8], iterations: u32) -> ScramVerifier {
     ScramVerifier {
-        iterations: DEFAULT_ITERATIONS,
-        salt: digest[..SALT_LEN].to_vec(),
+        iterations,
+        salt: salt.to_vec(),
         stored_key: rand::random(),
         server_key: rand::random(),
     }
@@ -393,12 +407,39 @@ mod tests {
     }
 
     #[test]
-    fn mock_verifiers_have_stable_salts_and_unguessable_keys() {
-        let (a, b) = (mock_verifier("alice", b"k"), mock_verifier("alice", b"k"));
-        assert_eq!((a.salt.len(), a.iterations), (SALT_LEN, DEFAULT_ITERATIONS));
+    fn passwords_are_saslprepped_like_libpq_does() {
+        // U+02DD (a spacing double acute) is changed by SASLprep; a fuzz run found that an
+        // honest client could not log in with it. A control character (SASLprep refuses
+        // it) and bytes that are not UTF-8 are used raw, on both sides.
+        let passwords: [&[u8]; 6] = [
+            "\u{2dd}".as_bytes(),
+            "I\u{ad}X".as_bytes(),
+            "\u{2168}".as_bytes(),
+            b"pencil",
+            b"a\x07b",
+            b"\xcb\xff",
+        ];
+        for password in passwords {
+            let verifier = verifier_from_bytes(password, b"0123456789abcdef", 1);
+            let mut client = ScramSha256::new(password, ChannelBinding::unrequested());
+            let server = ScramServer::start(&verifier, client.message()).unwrap();
+            client
+                .update(server.server_first_message().as_bytes())
+                .unwrap();
+            let verdict = server.finish(client.message()).unwrap();
+            assert!(matches!(verdict, Verdict::Accepted { .. }), "{password:?}");
+        }
+    }
+
+    #[test]
+    fn user_salts_are_stable_per_user_and_key_and_mock_keys_unguessable() {
+        let salt = user_salt(b"k", "alice");
+        assert_eq!(salt, user_salt(b"k", "alice"));
+        assert_ne!(salt, user_salt(b"k", "bob"));
+        assert_ne!(salt, user_salt(b"other process", "alice"));
+        let (a, b) = (mock_verifier(&salt, 10_000), mock_verifier(&salt, 10_000));
+        assert_eq!((a.salt.len(), a.iterations), (SALT_LEN, 10_000));
         assert_eq!(a.salt, b.salt);
         assert_ne!(a.stored_key, b.stored_key);
-        assert_ne!(a.salt, mock_verifier("bob", b"k").salt);
-        assert_ne!(a.salt, mock_verifier("alice", b"other process").salt);
     }
 }

@@ -8,13 +8,15 @@ use tokio::io::{AsyncWriteExt as _, DuplexStream};
 use tokio::task::JoinHandle;
 
 use super::client::ProtocolError;
+use super::messages::MessageError;
 use super::*;
 use crate::auth::AuthType;
 use crate::protocol::io::{read_message, ReadError};
 use crate::protocol::sqlstate;
 use crate::protocol::tags::{auth, backend};
 
-const MAX_PACKET: u32 = 8192;
+/// pgwarden's default max_packet_size: the caps before login must hold whatever it is.
+const MAX_PACKET: u32 = 1 << 30;
 
 /// The client's end of a connection whose server end runs `authenticate`.
 struct TestClient {
@@ -33,6 +35,7 @@ fn start(
         authenticate(
             &mut server,
             &mut buf,
+            &Logins::new(&[]),
             method,
             user,
             secret.as_ref(),
@@ -228,20 +231,9 @@ async fn scram_against_a_plain_password() {
 }
 
 #[tokio::test]
-async fn scram_cannot_use_an_md5_hash() {
-    let (client, server) = start(
-        AuthType::ScramSha256,
-        "alice",
-        Some(md5_secret("alice", "pw")),
-    );
-    let pg = server.await.unwrap().unwrap_err().to_pg_error("alice");
-    assert_eq!(pg.code, sqlstate::INVALID_AUTHORIZATION);
-    assert!(
-        pg.message
-            .contains("md5-hashed password for user \"alice\""),
-        "{pg}"
-    );
-    client.assert_closed().await;
+async fn scram_with_an_md5_hash_fails_like_a_wrong_password() {
+    let result = scram_login("alice", Some(md5_secret("alice", "pw")), "pw").await;
+    assert_password_failed(result, |e| matches!(e, AuthError::NoScramSecret));
 }
 
 #[tokio::test]
@@ -370,7 +362,10 @@ async fn garbage_client_final_is_a_protocol_violation() {
     client.send(b'p', b"\xff\x00garbage").await;
     let err = server.await.unwrap().unwrap_err();
     assert!(
-        matches!(err, AuthError::Protocol(ProtocolError::Scram(_))),
+        matches!(
+            err,
+            AuthError::Protocol(ProtocolError::Message(MessageError::Scram(_)))
+        ),
         "{err:?}"
     );
 }
@@ -403,25 +398,75 @@ async fn other_messages_and_hangups_are_protocol_violations() {
     );
 }
 
+/// Sends a header declaring `len` for the message `client` owes after `setup`, and nothing
+/// more: the server must refuse the length on the header alone.
+async fn assert_too_long(
+    method: AuthType,
+    secret: Secret,
+    sasl_steps: usize,
+    len: u32,
+    what: &str,
+) {
+    let (mut client, server) = start(method, "alice", Some(secret));
+    client.request().await;
+    if sasl_steps > 0 {
+        client
+            .send_sasl_initial("SCRAM-SHA-256", b"n,,n=,r=abcdef")
+            .await;
+        client.request().await;
+    }
+    let mut header = vec![b'p'];
+    header.extend_from_slice(&len.to_be_bytes());
+    client.io.write_all(&header).await.unwrap();
+    let err = server.await.unwrap().unwrap_err();
+    assert!(
+        matches!(
+            err,
+            AuthError::Protocol(ProtocolError::Message(MessageError::TooLong { .. }))
+        ),
+        "{err:?}"
+    );
+    let pg = err.to_pg_error("alice");
+    assert_eq!(pg.code, sqlstate::PROTOCOL_VIOLATION);
+    assert!(pg.message.contains(what), "{pg}");
+}
+
 #[tokio::test]
-async fn oversized_messages_are_refused() {
+async fn messages_over_postgres_caps_are_refused_on_their_header() {
+    let plain = || Secret::Plain("pw".into());
+    let pw = AuthType::Password;
+    assert_too_long(
+        pw,
+        plain(),
+        0,
+        65_536,
+        "password message is 65536 bytes, over the limit of 65535 bytes",
+    )
+    .await;
+    assert_too_long(
+        AuthType::Md5,
+        plain(),
+        0,
+        0x3fff_ffff,
+        "password message is 1073741823 bytes",
+    )
+    .await;
+    let scram = AuthType::ScramSha256;
+    let over = "SASLInitialResponse is 1025 bytes, over the limit of 1024 bytes";
+    assert_too_long(scram, scram_secret("pw"), 0, 1025, over).await;
+    let over = "SASLResponse is 1073741823 bytes, over the limit of 1024 bytes";
+    assert_too_long(scram, scram_secret("pw"), 1, 0x3fff_ffff, over).await;
+}
+
+#[tokio::test]
+async fn messages_at_the_caps_are_read() {
+    // A 65,535-byte cleartext password (length word included) is read and checked.
     let (mut client, server) = start(
         AuthType::Password,
         "alice",
         Some(Secret::Plain("pw".into())),
     );
     client.request().await;
-    // Only the header: the server must refuse the length before reading (or buffering) more.
-    let mut header = vec![b'p'];
-    header.extend_from_slice(&(MAX_PACKET + 1).to_be_bytes());
-    client.io.write_all(&header).await.unwrap();
-    let err = server.await.unwrap().unwrap_err();
-    assert!(
-        matches!(
-            err,
-            AuthError::Protocol(ProtocolError::Read(ReadError::Framing(_)))
-        ),
-        "{err:?}"
-    );
-    assert_eq!(err.to_pg_error("alice").code, sqlstate::PROTOCOL_VIOLATION);
+    client.send_password(&vec![b'x'; 65_535 - 4 - 1]).await;
+    assert_password_failed(server.await.unwrap(), wrong);
 }

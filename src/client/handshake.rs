@@ -10,7 +10,7 @@ use tokio::io::AsyncWriteExt;
 use super::ClientError;
 use crate::context::Context;
 use crate::protocol::io::read_startup;
-use crate::protocol::startup::{classify, StartupPacket};
+use crate::protocol::startup::{Encryption, Negotiation, StartupPacket};
 use crate::protocol::tags::ENCRYPTION_REFUSED;
 use crate::protocol::{messages, sqlstate, PgError};
 use crate::server::BackendKey;
@@ -44,11 +44,18 @@ pub async fn read_hello(
     buf: &mut BytesMut,
     ctx: &Context,
 ) -> Result<Option<Startup>, ClientError> {
+    let mut negotiation = Negotiation::default();
     loop {
         let packet = read_startup(stream, buf).await?;
-        match classify(&packet).map_err(|e| ClientError::Refused(PgError::protocol_violation(e)))? {
-            StartupPacket::SslRequest | StartupPacket::GssEncRequest => {
+        let packet = negotiation.classify(&packet);
+        match packet.map_err(|e| ClientError::Refused(PgError::protocol_violation(e)))? {
+            StartupPacket::SslRequest => {
                 stream.write_all(&[ENCRYPTION_REFUSED]).await?;
+                negotiation.answered(Encryption::Ssl, false);
+            }
+            StartupPacket::GssEncRequest => {
+                stream.write_all(&[ENCRYPTION_REFUSED]).await?;
+                negotiation.answered(Encryption::Gss, false);
             }
             StartupPacket::Cancel { pid, secret } => {
                 ctx.cancels.cancel(BackendKey { pid, secret }).await;

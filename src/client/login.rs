@@ -43,6 +43,7 @@ pub async fn login(
     auth::authenticate(
         stream,
         buf,
+        &ctx.logins,
         config.auth_type,
         &startup.user,
         secret,

@@ -9,7 +9,11 @@ use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use super::framing::{Chunk, Framer, FramingError, HEADER_LEN};
-use super::startup::MAX_STARTUP_PACKET;
+use super::startup::{self, Front, MAX_STARTUP_PACKET};
+
+/// The most room made for one read. Reads never reserve what a header only declares: a
+/// 5-byte header claiming 1 GiB must cost what actually arrives, not 1 GiB.
+const READ_CHUNK: usize = 8 * 1024;
 
 /// Why a whole-message read failed.
 #[derive(Debug, Error)]
@@ -18,7 +22,11 @@ pub enum ReadError {
     Closed,
     #[error(transparent)]
     Framing(#[from] FramingError),
-    #[error("invalid startup packet length {0}")]
+    #[error(
+        "invalid startup packet length {0}: a startup packet is 8 to {max} bytes, its length \
+         word included (MAX_STARTUP_PACKET_LENGTH = {MAX_STARTUP_PACKET})",
+        max = MAX_STARTUP_PACKET + 4
+    )]
     BadStartupLength(usize),
     #[error(transparent)]
     Io(#[from] std::io::Error),
@@ -31,13 +39,15 @@ pub struct Message {
     pub body: BytesMut,
 }
 
+/// Reads until `buf` holds `need` bytes. The buffer grows with the bytes that arrive (at
+/// most [`READ_CHUNK`] of room per read), whatever `need` says.
 async fn fill<S: AsyncRead + Unpin>(
     stream: &mut S,
     buf: &mut BytesMut,
     need: usize,
 ) -> Result<(), ReadError> {
     while buf.len() < need {
-        buf.reserve(need - buf.len());
+        buf.reserve((need - buf.len()).min(READ_CHUNK));
         if stream.read_buf(buf).await? == 0 {
             return Err(ReadError::Closed);
         }
@@ -50,13 +60,12 @@ pub async fn read_startup<S: AsyncRead + Unpin>(
     stream: &mut S,
     buf: &mut BytesMut,
 ) -> Result<BytesMut, ReadError> {
-    fill(stream, buf, 4).await?;
-    let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
-    if !(8..=MAX_STARTUP_PACKET + 4).contains(&len) {
-        return Err(ReadError::BadStartupLength(len));
+    loop {
+        match startup::front(buf).map_err(ReadError::BadStartupLength)? {
+            Front::Whole(len) => return Ok(buf.split_to(len)),
+            Front::NeedMore(need) => fill(stream, buf, need).await?,
+        }
     }
-    fill(stream, buf, len).await?;
-    Ok(buf.split_to(len))
 }
 
 /// Reads one complete tagged message of at most `max_len` bytes (length field included).
@@ -109,6 +118,37 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(err, ReadError::BadStartupLength(1_000_000)));
+    }
+
+    #[tokio::test]
+    async fn a_declared_length_reserves_only_what_arrives() {
+        // A header declaring 1 GiB, then 20 KB of body, then the peer hangs up.
+        let mut bytes = vec![b'p', 0x3f, 0xff, 0xff, 0xff];
+        bytes.resize(20_005, b'x');
+        let mut reader = &bytes[..];
+        let mut buf = BytesMut::new();
+        let err = read_message(&mut reader, &mut buf, 1 << 30)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ReadError::Closed), "{err}");
+        assert_eq!(buf.len(), bytes.len());
+        assert!(buf.capacity() < 64 * 1024, "capacity {}", buf.capacity());
+    }
+
+    #[tokio::test]
+    async fn startup_length_errors_name_the_limit() {
+        for len in [0u32, 7, 10_005, u32::MAX] {
+            let bytes = len.to_be_bytes();
+            let err = read_startup(&mut &bytes[..], &mut BytesMut::new())
+                .await
+                .unwrap_err();
+            assert!(matches!(err, ReadError::BadStartupLength(l) if l == len as usize));
+            assert!(err.to_string().contains("10004 bytes"), "{err}");
+        }
+        let mut whole = 10_004u32.to_be_bytes().to_vec();
+        whole.resize(10_004, 0);
+        let packet = read_startup(&mut &whole[..], &mut BytesMut::new()).await;
+        assert_eq!(packet.unwrap().len(), 10_004);
     }
 
     /// A reader that yields one byte per read, to exercise reassembly.

@@ -1,10 +1,37 @@
 //! Classification of the first packet a client sends (startup, SSL/GSS request, cancel).
 
-use super::tags::startup_code;
+use super::tags::startup_code::{self, GSSENC_REQUEST, SSL_REQUEST};
 
 /// Largest startup-phase packet accepted, its 4-byte length word not counted, as in
 /// Postgres (`MAX_STARTUP_PACKET_LENGTH`).
 pub const MAX_STARTUP_PACKET: usize = 10_000;
+
+/// What the front of a buffer of startup-phase bytes holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Front {
+    /// A whole packet of this many bytes, its length word included.
+    Whole(usize),
+    /// Not a whole packet until the buffer holds at least this many bytes.
+    NeedMore(usize),
+}
+
+/// Where the first startup-phase packet in `buf` ends. `Err(len)`: its length word says
+/// `len`, under 8 or over [`MAX_STARTUP_PACKET`] + 4, so it is refused before its body is
+/// read (as Postgres does).
+pub fn front(buf: &[u8]) -> Result<Front, usize> {
+    let Some(word) = buf.first_chunk::<4>() else {
+        return Ok(Front::NeedMore(4));
+    };
+    let len = u32::from_be_bytes(*word) as usize;
+    if !(8..=MAX_STARTUP_PACKET + 4).contains(&len) {
+        return Err(len);
+    }
+    Ok(if buf.len() >= len {
+        Front::Whole(len)
+    } else {
+        Front::NeedMore(len)
+    })
+}
 
 /// What a client's untagged first packet asks for.
 #[derive(Debug, PartialEq, Eq)]
@@ -25,6 +52,57 @@ pub enum StartupPacket {
         major: u16,
         minor: u16,
     },
+}
+
+/// An encryption a client may ask for before its startup message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encryption {
+    Ssl,
+    Gss,
+}
+
+/// Which encryption requests a client has made, so that each is honoured once, in either
+/// order, as Postgres' `ProcessStartupPacket(ssl_done, gss_done)` does: another SSLRequest
+/// after SSL was negotiated (or refused) is not a request any more but an unknown protocol
+/// version (1234.5679), and so is a GSSENCRequest once either encryption is in place.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Negotiation {
+    ssl_done: bool,
+    gss_done: bool,
+}
+
+impl Negotiation {
+    /// Classifies the next startup-phase packet in the light of what came before.
+    pub fn classify(&self, packet: &[u8]) -> Result<StartupPacket, &'static str> {
+        match classify(packet)? {
+            StartupPacket::SslRequest if self.ssl_done => Ok(as_version(SSL_REQUEST)),
+            StartupPacket::GssEncRequest if self.gss_done => Ok(as_version(GSSENC_REQUEST)),
+            other => Ok(other),
+        }
+    }
+
+    /// Records the answer to a request: `encrypted` when the connection is now encrypted
+    /// (then the other kind may not be asked for either).
+    pub fn answered(&mut self, request: Encryption, encrypted: bool) {
+        match request {
+            Encryption::Ssl => {
+                self.ssl_done = true;
+                self.gss_done |= encrypted;
+            }
+            Encryption::Gss => {
+                self.gss_done = true;
+                self.ssl_done |= encrypted;
+            }
+        }
+    }
+}
+
+/// A request code taken as the protocol version it spells.
+fn as_version(code: i32) -> StartupPacket {
+    StartupPacket::Unsupported {
+        major: (code >> 16) as u16,
+        minor: (code & 0xffff) as u16,
+    }
 }
 
 /// Classifies a complete startup packet (`packet` includes its 4-byte length).
@@ -127,6 +205,35 @@ mod tests {
                 ]
             }
         );
+    }
+
+    #[test]
+    fn each_encryption_request_is_honoured_once_in_either_order() {
+        let (ssl, gss) = (packet(80_877_103, b""), packet(80_877_104, b""));
+        let unsupported = |minor| StartupPacket::Unsupported { major: 1234, minor };
+        let mut n = Negotiation::default();
+        assert_eq!(n.classify(&ssl), Ok(StartupPacket::SslRequest));
+        n.answered(Encryption::Ssl, false);
+        assert_eq!(n.classify(&ssl), Ok(unsupported(5679)));
+        assert_eq!(n.classify(&gss), Ok(StartupPacket::GssEncRequest));
+        n.answered(Encryption::Gss, false);
+        assert_eq!(n.classify(&gss), Ok(unsupported(5680)));
+
+        let mut n = Negotiation::default();
+        n.answered(Encryption::Ssl, true);
+        assert_eq!(n.classify(&gss), Ok(unsupported(5680)));
+        let mut n = Negotiation::default();
+        n.answered(Encryption::Gss, false);
+        assert_eq!(n.classify(&ssl), Ok(StartupPacket::SslRequest));
+    }
+
+    #[test]
+    fn front_finds_packets_and_refuses_lengths_out_of_range() {
+        assert_eq!(front(&[0, 0]), Ok(Front::NeedMore(4)));
+        assert_eq!(front(&[0, 0, 0, 8, 1]), Ok(Front::NeedMore(8)));
+        assert_eq!(front(&packet(80_877_103, b"")), Ok(Front::Whole(8)));
+        assert_eq!(front(&[0, 0, 0, 7]), Err(7));
+        assert_eq!(front(&10_005u32.to_be_bytes()), Err(10_005));
     }
 
     #[test]
