@@ -59,6 +59,19 @@ pub struct Cli {
     #[arg(help_heading = CLIENTS)]
     pub max_client_conn: Option<usize>,
 
+    /// Most connections that have not finished logging in at once; when full, the one that
+    /// has waited longest is closed to make room. Default: max_client_conn.
+    #[arg(long, env = "PGWARDEN_MAX_PENDING_LOGINS", value_name = "N")]
+    #[arg(help_heading = CLIENTS)]
+    pub max_pending_logins: Option<usize>,
+
+    /// Most connections from one source address (grouped by the client_addr_prefix
+    /// settings; the Unix socket is one source) that have not finished logging in at once;
+    /// when full, that source's longest-waiting one is closed. Default: max_pending_logins.
+    #[arg(long, env = "PGWARDEN_MAX_PENDING_LOGINS_PER_ADDR", value_name = "N")]
+    #[arg(help_heading = CLIENTS)]
+    pub max_pending_logins_per_addr: Option<usize>,
+
     /// Most client connections of one user (0: unlimited). Default: 0.
     #[arg(long, env = "PGWARDEN_MAX_CLIENT_CONN_PER_USER", value_name = "N")]
     #[arg(help_heading = CLIENTS)]
@@ -309,6 +322,11 @@ mod tests {
             ("pool_size", defaults::POOL_SIZE.to_string()),
             ("min_pool_size", defaults::MIN_POOL_SIZE.to_string()),
             ("max_client_conn", defaults::MAX_CLIENT_CONN.to_string()),
+            ("max_pending_logins", "max_client_conn".to_owned()),
+            (
+                "max_pending_logins_per_addr",
+                "max_pending_logins".to_owned(),
+            ),
             ("max_client_conn_per_user", defaults::UNLIMITED.to_string()),
             (
                 "max_client_conn_per_database",

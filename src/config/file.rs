@@ -76,6 +76,8 @@ pub struct FileConfig {
     pub pool_size: Option<usize>,
     pub min_pool_size: Option<usize>,
     pub max_client_conn: Option<usize>,
+    pub max_pending_logins: Option<usize>,
+    pub max_pending_logins_per_addr: Option<usize>,
     pub max_client_conn_per_user: Option<usize>,
     pub max_client_conn_per_database: Option<usize>,
     pub max_client_conn_per_addr: Option<usize>,
@@ -185,6 +187,11 @@ impl FileConfig {
             pool_size: over(&cli.pool_size, self.pool_size),
             min_pool_size: over(&cli.min_pool_size, self.min_pool_size),
             max_client_conn: over(&cli.max_client_conn, self.max_client_conn),
+            max_pending_logins: over(&cli.max_pending_logins, self.max_pending_logins),
+            max_pending_logins_per_addr: over(
+                &cli.max_pending_logins_per_addr,
+                self.max_pending_logins_per_addr,
+            ),
             max_client_conn_per_user: over(
                 &cli.max_client_conn_per_user,
                 self.max_client_conn_per_user,

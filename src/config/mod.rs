@@ -95,6 +95,12 @@ pub struct Config {
     pub pool_size: usize,
     pub min_pool_size: usize,
     pub max_client_conn: usize,
+    /// Connections that have not finished logging in (not yet authenticated), in total and
+    /// per source address; when full, the one that has waited longest gives way. Such
+    /// connections do not count against `max_client_conn`. Defaults: `max_client_conn`,
+    /// then the total.
+    pub max_pending_logins: usize,
+    pub max_pending_logins_per_addr: usize,
     /// Client connections per user, database, source address and `application_name`
     /// (zero: unlimited). Checked once the client has authenticated.
     pub max_client_conn_per_user: usize,

@@ -158,6 +158,14 @@ fn top_level(check: &mut Checker, merged: &FileConfig) -> Config {
             check.duration(stringify!($key), &merged.$key, defaults::$default)
         };
     }
+    // By default as many logins may be pending at once as clients may be logged in, from
+    // any one source too: every burst of logins admitted before these budgets existed
+    // still fits, so only connections that would have been refused can be displaced.
+    let max_client_conn = merged.max_client_conn.unwrap_or(defaults::MAX_CLIENT_CONN);
+    // (A derived 0 would only repeat the error about the value it comes from.)
+    let total = merged.max_pending_logins.unwrap_or(max_client_conn.max(1));
+    let per_addr = merged.max_pending_logins_per_addr.unwrap_or(total.max(1));
+    let pending_logins = (total, per_addr);
     let config = Config {
         listen: check.listen(merged.listen.as_deref().unwrap_or(defaults::LISTEN)),
         unix_socket_dir: merged.unix_socket_dir.clone(),
@@ -169,6 +177,8 @@ fn top_level(check: &mut Checker, merged: &FileConfig) -> Config {
         pool_size: merged.pool_size.unwrap_or(defaults::POOL_SIZE),
         min_pool_size: merged.min_pool_size.unwrap_or(defaults::MIN_POOL_SIZE),
         max_client_conn: merged.max_client_conn.unwrap_or(defaults::MAX_CLIENT_CONN),
+        max_pending_logins: pending_logins.0,
+        max_pending_logins_per_addr: pending_logins.1,
         max_client_conn_per_user: cap(merged.max_client_conn_per_user),
         max_client_conn_per_database: cap(merged.max_client_conn_per_database),
         max_client_conn_per_addr: cap(merged.max_client_conn_per_addr),
@@ -243,6 +253,12 @@ impl Checker {
         self.at_least("pool_size", config.pool_size, 1);
         self.min_pool_size("min_pool_size", config.min_pool_size, config.pool_size);
         self.at_least("max_client_conn", config.max_client_conn, 1);
+        self.at_least("max_pending_logins", config.max_pending_logins, 1);
+        self.at_least(
+            "max_pending_logins_per_addr",
+            config.max_pending_logins_per_addr,
+            1,
+        );
         self.at_least("workers", config.workers, 1);
         for (key, value) in [
             ("server_connect_timeout", config.server_connect_timeout),
