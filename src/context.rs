@@ -1,5 +1,5 @@
 //! What every client task shares: the configuration snapshot, the pools, the cancel keys,
-//! the client caps, the refusal counters and the shutdown signal. Passed in explicitly;
+//! the client caps, the pre-login budget, the refusal counters and the shutdown signal. Passed in explicitly;
 //! nothing in pgwarden reads a global.
 
 use std::sync::Arc;
@@ -10,6 +10,7 @@ use crate::admission::Admission;
 use crate::cancel::CancelRegistry;
 use crate::config::Config;
 use crate::pool::Pools;
+use crate::prelogin::PreLogin;
 use crate::refusals::Refusals;
 
 #[derive(Clone)]
@@ -19,6 +20,8 @@ pub struct Context {
     pub cancels: CancelRegistry,
     /// Clients counted against the per-identity client caps.
     pub admission: Arc<Admission>,
+    /// Connections still logging in: their own budget, the longest waiting giving way.
+    pub prelogin: PreLogin,
     pub refusals: Arc<Refusals>,
     /// Cancelled when pgwarden starts shutting down: clients leave at their next idle point.
     pub shutdown: CancellationToken,
@@ -33,6 +36,7 @@ impl Context {
             pools: Pools::new(config.max_server_conn, refusals.clone()),
             cancels: CancelRegistry::new(config.cancel_wait_timeout),
             admission: Arc::default(),
+            prelogin: PreLogin::new(&config, refusals.clone()),
             refusals,
             abort: CancellationToken::new(),
             shutdown,
