@@ -225,21 +225,21 @@ fn refuse_full(
     tasks: &TaskTracker,
 ) {
     let max = ctx.config.max_client_conn;
-    ctx.refusals.count(Cap::MaxClientConn);
-    warn!(peer = ?peer, max_client_conn = max, "client refused: max_client_conn reached");
     match refusing.clone().try_acquire_owned() {
         Ok(permit) => {
             let ctx = ctx.clone();
             tasks.spawn(async move {
                 let abort = ctx.abort.clone();
                 tokio::select! {
-                    _ = client::refuse_full(stream, ctx) => {}
+                    _ = client::refuse_full(stream, peer, ctx) => {}
                     _ = abort.cancelled() => {}
                 }
                 drop(permit);
             });
         }
         Err(_) => {
+            ctx.refusals.count(Cap::MaxClientConn);
+            warn!(peer = ?peer, max_client_conn = max, "client refused at once: max_client_conn reached");
             tasks.spawn(async move {
                 let _ = stream
                     .write_all(&PgError::too_many_clients(max).to_bytes())
