@@ -160,6 +160,21 @@ async fn a_full_proxy_answers_the_encryption_request_then_refuses_after_the_star
     // The forwarded cancel request is no refusal.
     assert_eq!(proxy.ctx.refusals.get(Cap::MaxClientConn), 2);
 
+    // Refusing is bounded: while REFUSING_AT_ONCE connections are in their startup phase
+    // (here: silent), the next one is told at once, without being read.
+    let mut refusing = Vec::new();
+    for _ in 0..pgwarden::listener::REFUSING_AT_ONCE {
+        refusing.push(TcpStream::connect(proxy.addr).await.unwrap());
+    }
+    let mut beyond = TcpStream::connect(proxy.addr).await.unwrap();
+    assert_eq!(
+        told(&mut beyond).await,
+        ("53300".to_owned(), FULL.to_owned())
+    );
+    // Told before any of the silent ones reached their deadline (5 s).
+    assert_eq!(proxy.ctx.refusals.get(Cap::MaxClientConn), 3);
+    drop(refusing);
+
     // A slot freed is a slot taken: the next client is in.
     drop(sleeper);
     let admission = proxy.ctx.admission.clone();
@@ -268,7 +283,8 @@ async fn silent_sockets_give_way_to_a_client_that_logs_in_promptly() {
     assert_eq!(proxy.ctx.refusals.get(Cap::MaxPendingLogins), 51);
     assert_eq!(proxy.ctx.prelogin.pending(), 4);
     assert_eq!(proxy.ctx.admission.logged_in(), 5);
-    for evicted in &mut silent[..51] {
+    // Each of the 51 that gave way was told so (the first one was read above).
+    for evicted in &mut silent[1..51] {
         assert_eq!(told(evicted).await.0, "53300");
     }
     assert_eq!(proxy.ctx.refusals.get(Cap::MaxClientConn), 0);
