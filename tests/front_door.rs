@@ -342,3 +342,29 @@ async fn a_flood_from_one_address_gives_way_within_itself() {
     drop((from_4, from_2, other));
     proxy.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_that_finishes_after_the_last_slot_went_is_refused_naming_max_client_conn() {
+    let pg = PgServer::start();
+    let toml = common::clients::session_config(&pg, "trust", "max_client_conn = 1");
+    let proxy = start_proxy(&toml).await;
+    // Accepted while a slot was free; it has not logged in, so it holds none.
+    let mut late = silent_from(&proxy, "127.0.0.1", 1).await;
+    let prompt = Conn::login(proxy.addr, "trust_user", "postgres")
+        .await
+        .unwrap();
+    let admission = proxy.ctx.admission.clone();
+    wait_until("the prompt client counted", || admission.logged_in() == 1).await;
+    let hello = startup(
+        PROTOCOL_3_0,
+        &[("user", "trust_user"), ("database", "postgres")],
+    );
+    late.write_all(&hello).await.unwrap();
+    let (code, message) = told(&mut late).await;
+    assert_eq!(code, "53300");
+    assert_eq!(message, "too many client connections (max_client_conn = 1)");
+    assert_eq!(proxy.ctx.refusals.get(Cap::MaxClientConn), 1);
+    assert_eq!(proxy.ctx.refusals.get(Cap::MaxPendingLogins), 0);
+    drop(prompt);
+    proxy.stop().await;
+}
