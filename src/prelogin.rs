@@ -9,6 +9,10 @@
 //! logged-in client, counted against `max_client_conn` and the per-identity caps
 //! ([`crate::admission`]), and never evicted, however long it then waits for a server.
 //!
+//! Both budgets default to `max_client_conn`: every burst of logins that fitted when all
+//! connections counted against `max_client_conn` still fits, so by default only a
+//! connection that would have been refused then can be displaced now.
+//!
 //! [`Lobby`] is the bookkeeping, sans IO; [`PreLogin`] shares it between client tasks and
 //! tells the one that must give way.
 
@@ -104,7 +108,10 @@ impl<S: Copy + Eq + Hash, T> Lobby<S, T> {
     /// gives way and is returned. The newcomer itself never does.
     pub fn arrive(&mut self, source: S, payload: T) -> (Ticket, Option<Evicted<S, T>>) {
         let own = self.by_source.get(&source);
-        let victim = if own.map_or(0, BTreeSet::len) >= self.per_source {
+        // A per-source budget no smaller than the total is full only when the total is,
+        // and is then named as the total.
+        let source_full = own.map_or(0, BTreeSet::len) >= self.per_source;
+        let victim = if source_full && self.per_source < self.total {
             own.and_then(|set| set.first()).map(|t| (*t, Full::Source))
         } else if self.waiting.len() >= self.total {
             self.waiting.keys().next().map(|t| (*t, Full::Total))

@@ -346,7 +346,11 @@ async fn a_flood_from_one_address_gives_way_within_itself() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_login_that_finishes_after_the_last_slot_went_is_refused_naming_max_client_conn() {
     let pg = PgServer::start();
-    let toml = common::clients::session_config(&pg, "trust", "max_client_conn = 1");
+    let toml = common::clients::session_config(
+        &pg,
+        "trust",
+        "max_client_conn = 1\nmax_pending_logins = 5",
+    );
     let proxy = start_proxy(&toml).await;
     // Accepted while a slot was free; it has not logged in, so it holds none.
     let mut late = silent_from(&proxy, "127.0.0.1", 1).await;

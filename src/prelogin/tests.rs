@@ -34,6 +34,16 @@ fn a_full_source_gives_way_within_itself() {
 }
 
 #[test]
+fn a_source_budget_as_large_as_the_total_is_named_as_the_total() {
+    let mut lobby = Lobby::new(2, 2);
+    let (first, _) = lobby.arrive('s', ());
+    lobby.arrive('s', ());
+    let (_, evicted) = lobby.arrive('s', ());
+    let evicted = evicted.expect("the total holds 2");
+    assert_eq!((evicted.ticket, evicted.full), (first, Full::Total));
+}
+
+#[test]
 fn budgets_of_zero_still_let_a_newcomer_in() {
     let mut lobby = Lobby::new(0, 0);
     let (first, _) = lobby.arrive((), ());
