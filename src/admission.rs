@@ -1,6 +1,8 @@
-//! Who a client is: the per-identity client caps (`max_client_conn_per_user`, `…_database`,
-//! `…_addr`, `…_app`), checked once the client has authenticated so that a failed login
-//! never holds a slot, and the identity the fair queue serves it under.
+//! Who a client is: `max_client_conn` and the per-identity client caps
+//! (`max_client_conn_per_user`, `…_database`, `…_addr`, `…_app`), checked once the client
+//! has authenticated so that a failed or unfinished login never holds a slot (connections
+//! still logging in have a budget of their own, [`crate::prelogin`]), and the identity the
+//! fair queue serves it under.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -52,6 +54,8 @@ impl fmt::Display for Network {
 /// What one client counts against: one entry per cap that is on.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Key {
+    /// Every logged-in client: `max_client_conn`.
+    All,
     User(String),
     Database(String),
     Addr(Network),
@@ -61,6 +65,7 @@ enum Key {
 impl Key {
     fn cap(&self) -> Cap {
         match self {
+            Key::All => Cap::MaxClientConn,
             Key::User(_) => Cap::MaxClientConnPerUser,
             Key::Database(_) => Cap::MaxClientConnPerDatabase,
             Key::Addr(_) => Cap::MaxClientConnPerAddr,
@@ -71,6 +76,7 @@ impl Key {
     /// `too many connections for user "app" (max_client_conn_per_user = 2)`: what, who, cap.
     fn refusal(&self, max: usize) -> PgError {
         let who = match self {
+            Key::All => return PgError::too_many_clients(max),
             Key::User(name) => format!("for user \"{name}\""),
             Key::Database(name) => format!("for database \"{name}\""),
             Key::Addr(network) => format!("from address {network}"),
@@ -118,8 +124,9 @@ pub struct Admission {
 }
 
 impl Admission {
-    /// Takes a slot under every per-identity cap that is on, or refuses with the first cap
-    /// that is full (counted in `refusals`). All or nothing, under one lock.
+    /// Takes a slot under `max_client_conn` and every per-identity cap that is on, or
+    /// refuses with the first cap that is full (counted in `refusals`). All or nothing,
+    /// under one lock.
     pub fn admit(
         self: &Arc<Self>,
         config: &Config,
@@ -147,6 +154,11 @@ impl Admission {
         })
     }
 
+    /// Logged-in clients now, as `max_client_conn` counts them.
+    pub fn logged_in(&self) -> usize {
+        self.lock().get(&Key::All).copied().unwrap_or(0)
+    }
+
     /// Clients counted against caps right now (all caps together); zero when all have left.
     pub fn counted(&self) -> usize {
         self.lock().values().sum()
@@ -159,7 +171,8 @@ impl Admission {
 }
 
 /// The caps that are on for this client, with their values (per user and per database
-/// entries override the top-level ones).
+/// entries override the top-level ones); `max_client_conn` first, so that it is the one
+/// named when several are full.
 fn caps(
     config: &Config,
     route: &Database,
@@ -168,6 +181,7 @@ fn caps(
 ) -> Vec<(Key, usize)> {
     let pool = config.pool_config(route, user);
     let candidates = [
+        (Some(Key::All), config.max_client_conn),
         (
             Some(Key::User(client.user.to_owned())),
             pool.max_client_conn_per_user,
@@ -270,7 +284,8 @@ mod tests {
         );
         assert_eq!(refusals.get(Cap::MaxClientConnPerApp), 1);
         assert_eq!(refusals.get(Cap::MaxClientConnPerUser), 1);
-        assert_eq!(admission.counted(), 4);
+        assert_eq!(admission.logged_in(), 2);
+        assert_eq!(admission.counted(), 6);
         drop((first, second));
         assert_eq!(admission.counted(), 0);
     }

@@ -1,5 +1,5 @@
 //! What every client task shares: the configuration snapshot, the pools, the cancel keys,
-//! the client caps, the refusal counters and the shutdown signal. Passed in explicitly;
+//! the client caps, the pre-login budget, the refusal counters and the shutdown signal. Passed in explicitly;
 //! nothing in pgwarden reads a global.
 
 use std::sync::Arc;
@@ -11,6 +11,7 @@ use crate::auth::Logins;
 use crate::cancel::CancelRegistry;
 use crate::config::Config;
 use crate::pool::Pools;
+use crate::prelogin::PreLogin;
 use crate::refusals::Refusals;
 
 #[derive(Clone)]
@@ -20,6 +21,8 @@ pub struct Context {
     pub cancels: CancelRegistry,
     /// Clients counted against the per-identity client caps.
     pub admission: Arc<Admission>,
+    /// Connections still logging in: their own budget, the longest waiting giving way.
+    pub prelogin: PreLogin,
     pub refusals: Arc<Refusals>,
     /// Per-user SCRAM salts, derived verifiers, what unknown users are made to look like.
     pub logins: Arc<Logins>,
@@ -36,6 +39,7 @@ impl Context {
             pools: Pools::new(config.max_server_conn, refusals.clone()),
             cancels: CancelRegistry::new(config.cancel_wait_timeout),
             admission: Arc::default(),
+            prelogin: PreLogin::new(&config, refusals.clone()),
             refusals,
             logins: Arc::new(Logins::new(
                 config.users.values().filter_map(|u| u.secret.as_ref()),

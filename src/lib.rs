@@ -7,6 +7,8 @@
 //! - [`admission`]: the per-identity client caps (user, database, address, application).
 //! - [`config`]: the validated [`config::Config`] (defaults < file < env < flags).
 //! - [`cli`] (in [`config`]): the command-line flags, one per config key.
+//! - [`prelogin`]: the budget of connections still logging in, where the longest waiting
+//!   gives way to a newcomer.
 //! - [`listener`]: binds TCP and Unix sockets, admits clients (client caps), one task each.
 //! - [`protocol`]: tags, header-only framing, startup classification, errors we send.
 //! - [`auth`]: client authentication (trust, password, md5, SCRAM) and secret storage.
@@ -34,6 +36,7 @@ pub mod config;
 pub mod context;
 pub mod listener;
 pub mod pool;
+pub mod prelogin;
 pub mod prepared;
 pub mod protocol;
 pub mod refusals;

@@ -1,5 +1,15 @@
-//! Binds the TCP and Unix sockets, admits clients (`max_client_conn`), runs one task per
-//! client, and on shutdown stops accepting and waits for sessions to finish.
+//! Binds the TCP and Unix sockets, runs one task per client, and on shutdown stops
+//! accepting and waits for sessions to finish.
+//!
+//! What a connection counts against, from accept on: until it has authenticated, a place
+//! in the pre-login budget (`max_pending_logins`, `…_per_addr`; [`crate::prelogin`]), where
+//! the longest waiting gives way to a newcomer, so silent sockets cannot lock anyone out;
+//! once authenticated, `max_client_conn` and the per-identity caps
+//! ([`crate::admission`]). A connection accepted while `max_client_conn` is full of
+//! logged-in clients is refused after its startup packet ([`client::refuse_full`]), at
+//! most [`REFUSING_AT_ONCE`] of them at a time; beyond that the error is written at once.
+//! So the sockets held open are at most `max_client_conn + max_pending_logins +
+//! REFUSING_AT_ONCE`, plus refusals being written.
 
 use std::io;
 use std::net::SocketAddr;
@@ -17,12 +27,18 @@ use tracing::{info, warn};
 use crate::client;
 use crate::config::Config;
 use crate::context::Context;
+use crate::prelogin::Source;
 use crate::protocol::PgError;
 use crate::refusals::Cap;
 use crate::stream::Stream;
 
 /// How long aborted sessions get to let go of their sockets.
 const ABORT_WAIT: Duration = Duration::from_secs(1);
+
+/// Connections refused for `max_client_conn` that may go through their startup phase at
+/// once (each for at most [`client::REFUSAL_DEADLINE`]), so that refusing cannot itself be
+/// a way to exhaust the proxy.
+pub const REFUSING_AT_ONCE: usize = 64;
 
 /// Pause after a failed accept (e.g. out of file descriptors) so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
@@ -57,7 +73,7 @@ pub async fn serve(listeners: Vec<TcpListener>, ctx: Context) -> io::Result<()> 
     let config = ctx.config.clone();
     let shutdown = ctx.shutdown.clone();
     let tasks = TaskTracker::new();
-    let admission = Arc::new(Semaphore::new(config.max_client_conn));
+    let refusing = Arc::new(Semaphore::new(REFUSING_AT_ONCE));
     let port = listeners
         .first()
         .map(|l| l.local_addr())
@@ -75,7 +91,7 @@ pub async fn serve(listeners: Vec<TcpListener>, ctx: Context) -> io::Result<()> 
         tasks.spawn(accept_tcp(
             listener,
             ctx.clone(),
-            admission.clone(),
+            refusing.clone(),
             tasks.clone(),
         ));
     }
@@ -84,7 +100,7 @@ pub async fn serve(listeners: Vec<TcpListener>, ctx: Context) -> io::Result<()> 
         tasks.spawn(accept_unix(
             listener,
             ctx.clone(),
-            admission.clone(),
+            refusing.clone(),
             tasks.clone(),
         ));
     }
@@ -133,7 +149,7 @@ fn bind_unix(dir: &std::path::Path, port: u16) -> io::Result<(UnixListener, Path
 async fn accept_tcp(
     listener: TcpListener,
     ctx: Context,
-    admission: Arc<Semaphore>,
+    refusing: Arc<Semaphore>,
     tasks: TaskTracker,
 ) {
     loop {
@@ -144,7 +160,7 @@ async fn accept_tcp(
         match accepted {
             Ok((socket, peer)) => {
                 let _ = socket.set_nodelay(true);
-                admit(Stream::Tcp(socket), Some(peer), &ctx, &admission, &tasks);
+                admit(Stream::Tcp(socket), Some(peer), &ctx, &refusing, &tasks);
             }
             Err(err) => accept_failed(err).await,
         }
@@ -154,7 +170,7 @@ async fn accept_tcp(
 async fn accept_unix(
     listener: UnixListener,
     ctx: Context,
-    admission: Arc<Semaphore>,
+    refusing: Arc<Semaphore>,
     tasks: TaskTracker,
 ) {
     loop {
@@ -163,7 +179,7 @@ async fn accept_unix(
             accepted = listener.accept() => accepted,
         };
         match accepted {
-            Ok((socket, _)) => admit(Stream::Unix(socket), None, &ctx, &admission, &tasks),
+            Ok((socket, _)) => admit(Stream::Unix(socket), None, &ctx, &refusing, &tasks),
             Err(err) => accept_failed(err).await,
         }
     }
@@ -174,31 +190,56 @@ async fn accept_failed(err: io::Error) {
     tokio::time::sleep(ACCEPT_BACKOFF).await;
 }
 
-/// Starts a client task if `max_client_conn` allows; otherwise tells the client why not.
-/// The permit lives as long as the client task, so a slot frees exactly when it ends.
+/// Starts a client task with a place in the pre-login budget (the longest-waiting pending
+/// connection may give way for it), or, if `max_client_conn` is full of logged-in clients,
+/// refuses it.
 fn admit(
+    stream: Stream,
+    peer: Option<SocketAddr>,
+    ctx: &Context,
+    refusing: &Arc<Semaphore>,
+    tasks: &TaskTracker,
+) {
+    if ctx.admission.logged_in() >= ctx.config.max_client_conn {
+        return refuse_full(stream, peer, ctx, refusing, tasks);
+    }
+    let pending = ctx.prelogin.arrive(Source::of(peer, &ctx.config));
+    let ctx = ctx.clone();
+    tasks.spawn(async move {
+        let abort = ctx.abort.clone();
+        tokio::select! {
+            _ = client::serve(stream, peer, ctx, pending) => {}
+            _ = abort.cancelled() => {}
+        }
+    });
+}
+
+/// Refuses a connection for `max_client_conn`: after its startup phase while fewer than
+/// [`REFUSING_AT_ONCE`] are being refused so, else at once (a libpq client then shows only
+/// "server sent an error response during SSL exchange", but the proxy stays unharmed).
+fn refuse_full(
     mut stream: Stream,
     peer: Option<SocketAddr>,
     ctx: &Context,
-    admission: &Arc<Semaphore>,
+    refusing: &Arc<Semaphore>,
     tasks: &TaskTracker,
 ) {
-    match admission.clone().try_acquire_owned() {
+    let max = ctx.config.max_client_conn;
+    match refusing.clone().try_acquire_owned() {
         Ok(permit) => {
             let ctx = ctx.clone();
             tasks.spawn(async move {
                 let abort = ctx.abort.clone();
                 tokio::select! {
-                    _ = client::serve(stream, peer, ctx) => {}
+                    _ = client::refuse_full(stream, peer, ctx) => {}
                     _ = abort.cancelled() => {}
                 }
                 drop(permit);
             });
         }
         Err(_) => {
-            let max = ctx.config.max_client_conn;
             ctx.refusals.count(Cap::MaxClientConn);
-            warn!(peer = ?peer, max_client_conn = max, "client refused: max_client_conn reached");
+            warn!(peer = ?peer, max_client_conn = max, "client refused at once: max_client_conn reached");
             tasks.spawn(async move {
                 let _ = stream
                     .write_all(&PgError::too_many_clients(max).to_bytes())

@@ -11,6 +11,10 @@ pub enum Cap {
     MaxClientConnPerDatabase,
     MaxClientConnPerAddr,
     MaxClientConnPerApp,
+    /// A connection still logging in gave way to a newcomer: all pending places were taken.
+    MaxPendingLogins,
+    /// … all pending places of its source address were taken.
+    MaxPendingLoginsPerAddr,
     /// A client waited `query_wait_timeout` for a server without getting one.
     QueryWaitTimeout,
     ClientIdleTimeout,
@@ -21,12 +25,14 @@ pub enum Cap {
 }
 
 impl Cap {
-    pub const ALL: [Cap; 10] = [
+    pub const ALL: [Cap; 12] = [
         Cap::MaxClientConn,
         Cap::MaxClientConnPerUser,
         Cap::MaxClientConnPerDatabase,
         Cap::MaxClientConnPerAddr,
         Cap::MaxClientConnPerApp,
+        Cap::MaxPendingLogins,
+        Cap::MaxPendingLoginsPerAddr,
         Cap::QueryWaitTimeout,
         Cap::ClientIdleTimeout,
         Cap::IdleTransactionTimeout,
@@ -42,6 +48,8 @@ impl Cap {
             Cap::MaxClientConnPerDatabase => "max_client_conn_per_database",
             Cap::MaxClientConnPerAddr => "max_client_conn_per_addr",
             Cap::MaxClientConnPerApp => "max_client_conn_per_app",
+            Cap::MaxPendingLogins => "max_pending_logins",
+            Cap::MaxPendingLoginsPerAddr => "max_pending_logins_per_addr",
             Cap::QueryWaitTimeout => "query_wait_timeout",
             Cap::ClientIdleTimeout => "client_idle_timeout",
             Cap::IdleTransactionTimeout => "idle_transaction_timeout",
@@ -79,7 +87,7 @@ mod tests {
         refusals.count(Cap::MaxClientConnPerApp);
         refusals.count(Cap::QueryWaitTimeout);
         let counts: Vec<u64> = Cap::ALL.iter().map(|c| refusals.get(*c)).collect();
-        assert_eq!(counts, [0, 0, 0, 0, 2, 1, 0, 0, 0, 0]);
+        assert_eq!(counts, [0, 0, 0, 0, 2, 0, 0, 1, 0, 0, 0, 0]);
         assert!(Cap::ALL.iter().enumerate().all(|(i, c)| *c as usize == i));
     }
 }

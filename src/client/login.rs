@@ -17,6 +17,7 @@ use crate::cancel::CancelHandle;
 use crate::config::{Config, Database, User};
 use crate::context::Context;
 use crate::pool::{ClientId, Pool, PoolKey, PoolSettings, PooledServer};
+use crate::prelogin::Place;
 use crate::protocol::sql::Strings;
 use crate::protocol::{messages, PgError, TransactionStatus};
 use crate::relay::Session;
@@ -27,14 +28,16 @@ use crate::stream::Stream;
 /// SQLSTATE Postgres uses for a bad startup option value.
 const INVALID_PARAMETER_VALUE: &str = "22023";
 
-/// Logs a client in; the [`Slots`] it gets hold its places under the per-identity client
-/// caps until dropped (they are taken only once it has authenticated).
+/// Logs a client in; the [`Slots`] it gets hold its places under `max_client_conn` and the
+/// per-identity client caps until dropped (they are taken only once it has authenticated,
+/// which is also when it leaves the pre-login budget: its `place`).
 pub async fn login(
     stream: &mut Stream,
     buf: &mut BytesMut,
     ctx: &Context,
     startup: &Startup,
     peer: Option<SocketAddr>,
+    place: Place,
 ) -> Result<(Session, Slots), ClientError> {
     let config = &ctx.config;
     let route = route(config, &startup.database)?;
@@ -50,6 +53,9 @@ pub async fn login(
         config.max_packet_size,
     )
     .await?;
+    // Logged in: from here on it counts as a client, and is never made to give way (not
+    // even while it waits for a server below).
+    drop(place);
     let wanted = client_parameters(&startup.params)
         .map_err(|e| ClientError::Refused(PgError::fatal(INVALID_PARAMETER_VALUE, e)))?;
     let client = Client {

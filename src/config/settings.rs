@@ -36,8 +36,16 @@ declare! {
         /// Also accept clients on a Unix socket in this directory (.s.PGSQL.<port of the
         /// first listen address>).
         unix_socket_dir: Option<PathBuf> = None; "DIR", CLIENTS;
-        /// Most client connections accepted in total.
+        /// Most logged-in client connections in total.
         max_client_conn: usize = 1000; "N", CLIENTS;
+        /// Most connections that have not finished logging in at once; when full, the one
+        /// that has waited longest is closed (53300) to make room (0: as many as
+        /// max_client_conn).
+        max_pending_logins: usize = 0; "N", CLIENTS;
+        /// The same per source address, grouped by the client_addr_prefix settings (the Unix
+        /// socket is one source); set it lower on a proxy strangers can reach (0: as many as
+        /// max_pending_logins).
+        max_pending_logins_per_addr: usize = 0; "N", CLIENTS;
         /// Most client connections from one source address, grouped by the
         /// client_addr_prefix settings (0: unlimited; Unix-socket clients are exempt).
         max_client_conn_per_addr: usize = 0; "N", CLIENTS;

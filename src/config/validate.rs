@@ -184,6 +184,15 @@ impl Checker {
     fn limits(&mut self, config: &mut Config) {
         self.listen(&config.listen);
         config.log_level = self.log_level(&config.log_level);
+        // As many logins may be pending as clients may be logged in, from any one source
+        // too, unless set: every burst of logins admitted before these budgets existed still
+        // fits, so only connections that would have been refused can be displaced.
+        if config.max_pending_logins == 0 {
+            config.max_pending_logins = config.max_client_conn.max(1);
+        }
+        if config.max_pending_logins_per_addr == 0 {
+            config.max_pending_logins_per_addr = config.max_pending_logins;
+        }
         if (config.unix_socket_dir.as_ref()).is_some_and(|dir| dir.as_os_str().is_empty()) {
             self.error("unix_socket_dir", "empty; leave it out for no Unix socket");
         }

@@ -459,3 +459,25 @@ fn the_example_configurations_are_valid_and_show_the_defaults() {
     assert_eq!(example.query_timeout, defaults.query_timeout);
     assert_eq!(example.client_idle_timeout, defaults.client_idle_timeout);
 }
+
+#[test]
+fn pending_login_budgets_default_to_max_client_conn_then_the_total() {
+    let pending = |extra: &str| {
+        let config = from_toml(&format!("{extra}\n{ROUTE}")).unwrap();
+        (
+            config.max_pending_logins,
+            config.max_pending_logins_per_addr,
+        )
+    };
+    assert_eq!(pending(""), (1000, 1000));
+    assert_eq!(pending("max_client_conn = 50"), (50, 50));
+    assert_eq!(
+        pending("max_client_conn = 50\nmax_pending_logins = 70"),
+        (70, 70)
+    );
+    assert_eq!(pending("max_pending_logins_per_addr = 7"), (1000, 7));
+    assert_eq!(
+        pending("max_pending_logins = 9\nmax_pending_logins_per_addr = 0"),
+        (9, 9)
+    );
+}
