@@ -233,6 +233,22 @@ pub struct Cli {
     #[arg(help_heading = SERVERS)]
     pub server_login_retry: Option<String>,
 
+    /// Free a pool made for the wildcard route ("*") once no client has used it this long,
+    /// closing its servers (0: never). Default: 1h.
+    #[arg(long, env = "PGWARDEN_AUTODB_IDLE_TIMEOUT", value_name = "DURATION")]
+    #[arg(help_heading = POOLING)]
+    pub autodb_idle_timeout: Option<String>,
+
+    /// Send the password to a server asking for it in cleartext over plain TCP too (else
+    /// only over TLS or a Unix socket). Default: false.
+    #[arg(
+        long,
+        env = "PGWARDEN_SERVER_ALLOW_CLEARTEXT_PASSWORD",
+        value_name = "BOOL"
+    )]
+    #[arg(help_heading = SERVERS)]
+    pub server_allow_cleartext_password: Option<bool>,
+
     /// Test a server idle longer than this with server_check_query before handing it out
     /// (0: every time). Default: 30s.
     #[arg(long, env = "PGWARDEN_SERVER_CHECK_DELAY", value_name = "DURATION")]
@@ -344,6 +360,11 @@ mod tests {
             ("query_timeout", secs(defaults::QUERY_TIMEOUT)),
             ("server_login_retry", secs(defaults::SERVER_LOGIN_RETRY)),
             ("server_check_delay", secs(defaults::SERVER_CHECK_DELAY)),
+            ("autodb_idle_timeout", secs(defaults::AUTODB_IDLE_TIMEOUT)),
+            (
+                "server_allow_cleartext_password",
+                defaults::SERVER_ALLOW_CLEARTEXT_PASSWORD.to_string(),
+            ),
             (
                 "server_check_query",
                 defaults::SERVER_CHECK_QUERY.to_owned(),

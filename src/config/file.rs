@@ -40,6 +40,10 @@ pub mod defaults {
     pub const TRANSACTION_TIMEOUT: Duration = Duration::ZERO;
     pub const QUERY_TIMEOUT: Duration = Duration::ZERO;
     pub const SERVER_LOGIN_RETRY: Duration = Duration::from_secs(1);
+    /// PgBouncer's default: a wildcard-route pool unused for an hour is freed.
+    pub const AUTODB_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+    /// A password goes to a server in cleartext only over TLS or a Unix socket.
+    pub const SERVER_ALLOW_CLEARTEXT_PASSWORD: bool = false;
     pub const SERVER_CHECK_DELAY: Duration = Duration::from_secs(30);
     pub const SERVER_CHECK_QUERY: &str = "SELECT 1";
     pub const CANCEL_WAIT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -102,6 +106,9 @@ pub struct FileConfig {
     pub query_timeout: Option<String>,
     #[serde(default, deserialize_with = "duration_text")]
     pub server_login_retry: Option<String>,
+    #[serde(default, deserialize_with = "duration_text")]
+    pub autodb_idle_timeout: Option<String>,
+    pub server_allow_cleartext_password: Option<bool>,
     #[serde(default, deserialize_with = "duration_text")]
     pub server_check_delay: Option<String>,
     pub server_check_query: Option<String>,
@@ -222,6 +229,11 @@ impl FileConfig {
             transaction_timeout: over(&cli.transaction_timeout, self.transaction_timeout),
             query_timeout: over(&cli.query_timeout, self.query_timeout),
             server_login_retry: over(&cli.server_login_retry, self.server_login_retry),
+            autodb_idle_timeout: over(&cli.autodb_idle_timeout, self.autodb_idle_timeout),
+            server_allow_cleartext_password: over(
+                &cli.server_allow_cleartext_password,
+                self.server_allow_cleartext_password,
+            ),
             server_check_delay: over(&cli.server_check_delay, self.server_check_delay),
             server_check_query: over(&cli.server_check_query, self.server_check_query),
             cancel_wait_timeout: over(&cli.cancel_wait_timeout, self.cancel_wait_timeout),

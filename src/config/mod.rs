@@ -127,6 +127,12 @@ pub struct Config {
     pub query_timeout: Duration,
     /// After a failed server connect or login, wait this long before the pool tries again.
     pub server_login_retry: Duration,
+    /// Free a pool made for the wildcard route once no client has used it this long
+    /// (zero: never), closing its servers.
+    pub autodb_idle_timeout: Duration,
+    /// Send a password to a server that asks for it in cleartext over plain TCP too (by
+    /// default only over TLS or a Unix socket, where nobody on the path can read it).
+    pub server_allow_cleartext_password: bool,
     /// Test a server idle longer than this with `server_check_query` before handing it out.
     pub server_check_delay: Duration,
     /// Empty: servers are not tested.

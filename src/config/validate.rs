@@ -190,6 +190,9 @@ fn top_level(check: &mut Checker, merged: &FileConfig) -> Config {
         transaction_timeout: duration!(transaction_timeout, TRANSACTION_TIMEOUT),
         query_timeout: duration!(query_timeout, QUERY_TIMEOUT),
         server_login_retry: duration!(server_login_retry, SERVER_LOGIN_RETRY),
+        autodb_idle_timeout: duration!(autodb_idle_timeout, AUTODB_IDLE_TIMEOUT),
+        server_allow_cleartext_password: (merged.server_allow_cleartext_password)
+            .unwrap_or(defaults::SERVER_ALLOW_CLEARTEXT_PASSWORD),
         server_check_delay: duration!(server_check_delay, SERVER_CHECK_DELAY),
         server_check_query: (merged.server_check_query.clone())
             .unwrap_or_else(|| defaults::SERVER_CHECK_QUERY.to_owned()),
