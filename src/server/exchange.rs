@@ -164,7 +164,7 @@ impl<'a> Exchange<'a> {
                 self.server_first(scram, &nonce, body)
             }
             State::ScramFinal(scram) if tag == backend::AUTHENTICATION => {
-                self.server_final(scram, body)
+                self.server_final(*scram, body)
             }
             State::OkDue if tag == backend::AUTHENTICATION => match request(body)? {
                 (auth::OK, []) => self.logged_in(),
@@ -287,11 +287,7 @@ impl<'a> Exchange<'a> {
         Ok(Step::Send(out))
     }
 
-    fn server_final(
-        &mut self,
-        mut scram: Box<ScramSha256>,
-        body: &[u8],
-    ) -> Result<Step, LoginError> {
+    fn server_final(&mut self, mut scram: ScramSha256, body: &[u8]) -> Result<Step, LoginError> {
         match request(body)? {
             (auth::SASL_FINAL, data) => {
                 scram.finish(data).map_err(|e| {
