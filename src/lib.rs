@@ -16,9 +16,11 @@
 //!   caps), then its session in [`relay`].
 //! - [`relay`]: a logged-in client's session: the sans-IO protocol state machine
 //!   ([`relay::machine`]) and the loop that moves bytes and acts on its verdicts.
-//! - [`server`]: one backend connection: connect, log in, parameters, reset.
-//! - [`pool`]: a pool per (database, user) with a checkout guard; the budget (server caps
-//!   across pools) and the fair queue (who of the waiting clients is served next).
+//! - [`server`]: one backend connection: connect, log in (the sans-IO login exchange in
+//!   [`server::exchange`]), parameters, reset.
+//! - [`pool`]: a pool per (database, user) with a checkout guard and client leases (a pool
+//!   goes when no longer needed); the budget (server caps across pools) and the fair
+//!   queue (who of the waiting clients is served next).
 //! - [`prepared`]: named prepared statements that follow a client from server to server.
 //! - [`cancel`]: proxy-issued cancel keys mapped to the server a client uses now.
 //! - [`shutdown`]: signals and draining.

@@ -21,6 +21,17 @@ pub enum Stream {
 }
 
 impl Stream {
+    /// Whether what is written here is encrypted on the wire (TLS). Plain TCP and Unix
+    /// sockets are not; the TLS variant lands with the TLS work.
+    pub fn is_encrypted(&self) -> bool {
+        false
+    }
+
+    /// Whether this is a Unix socket (the peer is on this machine).
+    pub fn is_unix(&self) -> bool {
+        matches!(self, Stream::Unix(_))
+    }
+
     /// Waits until a read may make progress. Cancel-safe.
     pub async fn readable(&self) -> io::Result<()> {
         match self {

@@ -244,8 +244,9 @@ async fn proxy_logs_in_to_postgres_with_md5_cleartext_trust_and_scram() {
     // md5 server auth needs), pw_user in cleartext, scram_user with SCRAM, trust_user with
     // nothing at all (it is in no list).
     let file = auth_file(&[("md5_user", &md5_hash)]);
+    // pw_user's cleartext password goes over plain TCP here only because it is allowed.
     let toml = format!(
-        "auth_type = \"trust\"\nauth_file = {:?}\n[databases.\"*\"]\nhost = \"127.0.0.1\"\nport = {}\n\
+        "auth_type = \"trust\"\nauth_file = {:?}\nserver_allow_cleartext_password = true\n[databases.\"*\"]\nhost = \"127.0.0.1\"\nport = {}\n\
          [users.pw_user]\npassword = \"pw_pw\"\n\
          [users.scram_user]\npassword = \"scram_pw\"\n",
         file.path().display().to_string(),

@@ -105,5 +105,6 @@ fn target(config: &Config, route: &Database, pool: &PoolLimits) -> ServerTarget 
         dbname,
         user: pool.server_user.clone(),
         credential,
+        allow_cleartext: config.server_allow_cleartext_password,
     }
 }

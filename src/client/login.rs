@@ -166,6 +166,7 @@ fn pool_spec(
             .unwrap_or_else(|| startup.database.clone()),
         user: server_user,
         credential,
+        allow_cleartext: config.server_allow_cleartext_password,
     };
     let pool = config.pool_config(route, user);
     let settings = PoolSettings {
@@ -186,6 +187,9 @@ fn pool_spec(
         lifetime: config.server_lifetime,
         connect_timeout: config.server_connect_timeout,
         wait_timeout: config.query_wait_timeout,
+        // A pool made for a name only the wildcard route matched: removable when idle.
+        autodb_idle_timeout: (!config.databases.contains_key(&startup.database))
+            .then_some(config.autodb_idle_timeout),
     };
     (target, settings)
 }

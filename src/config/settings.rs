@@ -109,6 +109,12 @@ declare! {
         /// Test a server idle longer than this with server_check_query before handing it
         /// out (0: every time).
         server_check_delay: Duration = Duration::from_secs(30); "DURATION", SERVERS;
+        /// Free a pool made for the wildcard route once no client has used it this long,
+        /// closing its servers (0: never).
+        autodb_idle_timeout: Duration = Duration::from_secs(3600); "DURATION", SERVERS;
+        /// Send the password to a server asking for it in cleartext over plain TCP too (else
+        /// only over TLS or a Unix socket).
+        server_allow_cleartext_password: bool = false; "BOOL", SERVERS;
         /// The query testing an idle server; empty for no test.
         server_check_query: String = "SELECT 1".to_owned(); "SQL", SERVERS;
         /// How long a forwarded cancel request may take before it is given up.

@@ -19,6 +19,7 @@ use crate::server::{self, ServerConn};
 enum Entry {
     Ready(Box<ServerConn>),
     Queued(Waiter),
+    Failed(CheckoutError),
 }
 
 impl Pool {
@@ -50,6 +51,7 @@ impl Pool {
             }
             let grant = match self.enter(who) {
                 Entry::Ready(server) => Grant::Server(server),
+                Entry::Failed(err) => return Err(err),
                 Entry::Queued(mut waiter) => {
                     let wait = self.wait(&mut waiter, deadline, &mut notify_at, &mut notify);
                     wait.await?
@@ -58,6 +60,7 @@ impl Pool {
             let ready = match grant {
                 Grant::Server(server) => self.ready(server, who).await,
                 Grant::Slot => self.open_server(who).await?,
+                Grant::Failed(failure) => return Err(CheckoutError::LoginFailing(failure)),
             };
             if let Some(server) = ready {
                 return Ok(server);
@@ -74,6 +77,9 @@ impl Pool {
                 self.hold(&mut state.held, Some(who));
                 return Entry::Ready(server);
             }
+        }
+        if let Some(err) = self.cached_failure(&state) {
+            return Entry::Failed(err);
         }
         let (tx, rx) = oneshot::channel();
         state.next_waiter += 1;
@@ -241,6 +247,7 @@ impl Drop for Waiter {
         match self.rx.try_recv() {
             Ok(Grant::Server(server)) => self.pool.checkin(server, holder.as_ref()),
             Ok(Grant::Slot) => self.pool.release_slot(holder.as_ref()),
+            Ok(Grant::Failed(_)) => {}
             Err(_) => self.pool.leave_queue(&self.who, self.id),
         }
     }

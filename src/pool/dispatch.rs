@@ -7,7 +7,9 @@ use std::time::Instant;
 
 use tracing::info;
 
-use super::{BudgetCap, ClientId, Grant, Pool, PoolState};
+use std::sync::Arc;
+
+use super::{BudgetCap, CheckoutError, ClientId, Failure, Grant, Pool, PoolState};
 use crate::config::duration;
 use crate::server::{ServerConn, ServerError};
 
@@ -118,7 +120,11 @@ impl Pool {
             state.login.timer_armed = true;
             let pool = self.clone();
             tokio::spawn(async move {
-                tokio::time::sleep_until(at.into()).await;
+                // A removed pool is not kept alive by its timer.
+                tokio::select! {
+                    _ = tokio::time::sleep_until(at.into()) => {}
+                    _ = pool.0.closed.cancelled() => return,
+                }
                 pool.state().login.timer_armed = false;
                 pool.serve_waiters();
             });
@@ -126,10 +132,31 @@ impl Pool {
         true
     }
 
+    /// Records a failed login. Unless Postgres only pushed back, the clients waiting get
+    /// the cached error now rather than waiting for a retry that would fail the same way.
     pub(super) fn login_failed(&self, err: &ServerError) {
+        let failure = Arc::new(Failure::new(err, self.0.settings.login_retry));
         let mut state = self.state();
-        state.login.failing = Some(err.to_string());
+        state.login.failing = Some(failure.clone());
         state.login.retry_at = Some(Instant::now() + self.0.settings.login_retry);
+        if failure.backpressure {
+            return;
+        }
+        while let Some(at) = state.queue.next(|_, _| true) {
+            if let Some((_, _, waiting)) = state.queue.take(at) {
+                let _ = waiting.tx.send(Grant::Failed(failure.clone()));
+            }
+        }
+    }
+
+    /// The cached login error a client gets at once instead of queueing: logins are
+    /// failing (not for backpressure), the retry is not due, and the pool has no server
+    /// a client could wait for (as PgBouncer).
+    pub(super) fn cached_failure(&self, state: &PoolState) -> Option<CheckoutError> {
+        let login = &state.login;
+        let failure = login.failing.as_ref().filter(|f| !f.backpressure)?;
+        let backing_off = login.retry_at.is_some_and(|at| at > Instant::now());
+        (backing_off && state.open == 0).then(|| CheckoutError::LoginFailing(failure.clone()))
     }
 
     pub(super) fn login_succeeded(&self) {
@@ -232,14 +259,22 @@ impl Pool {
         true
     }
 
-    /// Closes every idle server (shutdown).
-    pub(super) fn close_idle(&self) {
-        let mut state = self.state();
-        let idle = std::mem::take(&mut state.idle);
-        state.open -= idle.len();
+    /// Closes every idle server (shutdown, or the pool removed); returns how many.
+    pub(super) fn close_idle(&self) -> usize {
+        let idle = {
+            let mut state = self.state();
+            let idle = std::mem::take(&mut state.idle);
+            state.open -= idle.len();
+            idle
+        };
+        let mut starved = false;
         for _ in &idle {
-            let _ = self.0.budget.close(&self.0.account);
+            starved |= self.0.budget.close(&self.0.account);
         }
+        if starved {
+            self.0.budget.wake();
+        }
+        idle.len()
     }
 
     /// What `who` is waiting on, naming the cap and its value.
@@ -251,7 +286,7 @@ impl Pool {
                 settings.per_client
             );
         }
-        if let Some(err) = &state.login.failing {
+        if let Some(err) = state.login.failing.as_ref().map(|f| &f.text) {
             let retry = duration::format(settings.login_retry);
             return format!(
                 "server login failing, retried every server_login_retry = {retry}: {err}"

@@ -1,6 +1,7 @@
-//! Per-pool housekeeping: close servers idle past `server_idle_timeout` or older than
-//! `server_lifetime`, and keep `min_pool_size` connections open (within the budget, and
-//! not while logins are failing).
+//! Per-pool housekeeping: remove the pool when it is no longer needed ([`super::lifetime`]),
+//! close servers idle past `server_idle_timeout` or older than `server_lifetime`, and keep
+//! `min_pool_size` connections open (within the budget, and while logins are failing
+//! only one attempt per `server_login_retry`).
 
 use std::time::{Duration, Instant};
 
@@ -19,6 +20,9 @@ pub(super) async fn run(pool: Pool) {
         tokio::select! {
             _ = pool.0.closed.cancelled() => return,
             _ = tick.tick() => {}
+        }
+        if pool.retire_if_unneeded() {
+            return;
         }
         close_expired(&pool);
         fill_to_minimum(&pool).await;
@@ -70,11 +74,21 @@ fn min_slots(pool: &Pool) -> usize {
     if backing_off {
         return 0;
     }
+    // While logins fail, one attempt per server_login_retry, as for clients.
+    let most = match state.login.failing.is_some() {
+        true => 1,
+        false => usize::MAX,
+    };
     let mut slots = 0;
-    while state.open < pool.0.settings.min_size && pool.0.budget.open(&pool.0.account, None).is_ok()
+    while slots < most
+        && state.open < pool.0.settings.min_size
+        && pool.0.budget.open(&pool.0.account, None).is_ok()
     {
         state.open += 1;
         slots += 1;
+    }
+    if slots > 0 && state.login.failing.is_some() {
+        state.login.retry_at = Some(Instant::now() + pool.0.settings.login_retry);
     }
     slots
 }

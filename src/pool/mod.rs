@@ -8,17 +8,19 @@
 //!
 //! - [`checkout`]: getting a server (fast path, waiting, opening, checking).
 //! - [`dispatch`]: giving servers and slots back and handing them to waiters.
+//! - [`lifetime`]: client leases, and when a pool is removed.
 
 mod budget;
 mod checkout;
 mod dispatch;
 mod guard;
+mod lifetime;
 mod maintenance;
 mod queue;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
@@ -33,6 +35,7 @@ use crate::server::{ServerConn, ServerError, ServerTarget};
 
 pub use budget::{Account, Budget, BudgetCap};
 pub use guard::{Leaving, PooledServer};
+pub use lifetime::PoolLease;
 pub use queue::ClientId;
 
 /// The limits and timings of one pool, resolved from global, database and user settings.
@@ -59,6 +62,9 @@ pub struct PoolSettings {
     pub check_query: String,
     pub max_db_connections: usize,
     pub max_user_connections: usize,
+    /// For a pool made for the wildcard route: removed once unused this long (zero:
+    /// never). `None` for named routes, which the configuration bounds.
+    pub autodb_idle_timeout: Option<Duration>,
 }
 
 /// Why a client got no server.
@@ -74,6 +80,8 @@ pub enum CheckoutError {
     },
     #[error("pool \"{0}\" is shutting down")]
     Closed(String),
+    #[error("server login has been failing, cached error: {} (server_login_retry = {})", .0.message, crate::config::duration::format(.0.retry))]
+    LoginFailing(Arc<Failure>),
     #[error(transparent)]
     Server(#[from] ServerError),
 }
@@ -85,6 +93,9 @@ impl CheckoutError {
                 PgError::fatal(sqlstate::TOO_MANY_CONNECTIONS, self.to_string())
             }
             CheckoutError::Closed(_) => PgError::shutting_down(),
+            CheckoutError::LoginFailing(failure) => {
+                PgError::fatal(failure.code.clone(), self.to_string())
+            }
             CheckoutError::Server(e) => e.to_client_error(),
         }
     }
@@ -98,6 +109,8 @@ impl CheckoutError {
 enum Grant {
     Server(Box<ServerConn>),
     Slot,
+    /// Logins are failing: the client gets the cached error instead of waiting.
+    Failed(Arc<Failure>),
 }
 
 /// One queued client: where its grant goes, and since when it waits (for the reserve).
@@ -108,10 +121,41 @@ struct Waiting {
 
 /// The state of logging in to the server: after a failure the pool backs off
 /// (`server_login_retry`) and then tries one connection at a time until one succeeds.
+/// A failed server login as clients are told it while the pool backs off.
+#[derive(Debug)]
+pub struct Failure {
+    /// The SQLSTATE the client gets: Postgres' own when it refused the login.
+    pub code: String,
+    /// What the client is told went wrong (Postgres' message when it refused).
+    pub message: String,
+    /// The whole error, for logs and the queue's explanations.
+    pub text: String,
+    /// Postgres pushed back (too many connections, starting up): clients wait, not fail.
+    pub backpressure: bool,
+    pub retry: Duration,
+}
+
+impl Failure {
+    fn new(err: &ServerError, retry: Duration) -> Failure {
+        let client = err.to_client_error();
+        let message = match err {
+            ServerError::Refused { message, .. } => message.clone(),
+            _ => client.message,
+        };
+        Failure {
+            code: client.code.into_owned(),
+            message,
+            text: err.to_string(),
+            backpressure: err.is_backpressure(),
+            retry,
+        }
+    }
+}
+
 #[derive(Default)]
 struct LoginState {
     /// The last failure, while logins are failing.
-    failing: Option<String>,
+    failing: Option<Arc<Failure>>,
     /// No new connection before this.
     retry_at: Option<Instant>,
     /// A task will serve the waiters at `retry_at`.
@@ -133,10 +177,19 @@ struct PoolState {
     login: LoginState,
     /// The budget cap that last stopped a connection from opening, until one opens.
     budget_blocked: Option<BudgetCap>,
+    /// Clients holding a [`PoolLease`].
+    clients: usize,
+    /// Since when no client holds a lease (for `autodb_idle_timeout`).
+    unused_since: Option<Instant>,
+    /// Removed from the registry: no new lease, maintenance stopped.
+    retired: bool,
 }
 
 pub(crate) struct PoolShared {
     name: String,
+    key: PoolKey,
+    /// Where the pool is registered, to remove itself when no longer needed.
+    registry: Weak<Registry>,
     target: Arc<ServerTarget>,
     settings: PoolSettings,
     account: Account,
@@ -282,8 +335,12 @@ pub struct PoolKey {
 
 /// All pools of the process, and the budget they share.
 #[derive(Clone)]
-pub struct Pools {
-    map: Arc<DashMap<PoolKey, Pool>>,
+pub struct Pools(Arc<Registry>);
+
+pub(crate) struct Registry {
+    map: DashMap<PoolKey, Pool>,
+    /// Login failures of removed pools, by key, while still fresh ([`lifetime`]).
+    failures: Mutex<HashMap<PoolKey, lifetime::Remembered>>,
     budget: Arc<Budget>,
     refusals: Arc<Refusals>,
     closed: CancellationToken,
@@ -291,39 +348,48 @@ pub struct Pools {
 
 impl Pools {
     pub fn new(max_server_conn: usize, refusals: Arc<Refusals>) -> Pools {
-        Pools {
-            map: Arc::default(),
+        Pools(Arc::new(Registry {
+            map: DashMap::new(),
+            failures: Mutex::default(),
             budget: Arc::new(Budget::new(max_server_conn)),
             refusals,
             closed: CancellationToken::new(),
-        }
+        }))
     }
 
-    /// The pool for `key`, created with `make` on first use.
+    /// A lease on the pool for `key`, created with `make` if there is none (or the one
+    /// there is being removed).
     pub fn get_or_create(
         &self,
         key: PoolKey,
-        make: impl FnOnce() -> (ServerTarget, PoolSettings),
-    ) -> Pool {
-        if let Some(pool) = self.map.get(&key) {
-            return pool.clone();
+        make: impl Fn() -> (ServerTarget, PoolSettings),
+    ) -> PoolLease {
+        loop {
+            if let Some(lease) = self.0.map.get(&key).and_then(|pool| pool.lease()) {
+                return lease;
+            }
+            let mut created = None;
+            let lease = match self.0.map.entry(key.clone()) {
+                dashmap::Entry::Occupied(entry) => entry.get().lease(),
+                dashmap::Entry::Vacant(entry) => {
+                    let (target, settings) = make();
+                    let pool = self.new_pool(&key, target, settings);
+                    let lease = pool.lease();
+                    created = Some(pool.clone());
+                    entry.insert(pool);
+                    lease
+                }
+            };
+            if let Some(pool) = created {
+                self.0.budget.join(&pool);
+                tokio::spawn(maintenance::run(pool));
+            }
+            if let Some(lease) = lease {
+                return lease;
+            }
+            // A pool being removed is still in the map for an instant: take it out.
+            self.0.map.remove_if(&key, |_, pool| pool.is_retired());
         }
-        let mut created = None;
-        let pool = self
-            .map
-            .entry(key.clone())
-            .or_insert_with(|| {
-                let (target, settings) = make();
-                let pool = self.new_pool(&key, target, settings);
-                created = Some(pool.clone());
-                pool
-            })
-            .clone();
-        if let Some(pool) = created {
-            self.budget.join(&pool);
-            tokio::spawn(maintenance::run(pool));
-        }
-        pool
     }
 
     fn new_pool(&self, key: &PoolKey, target: ServerTarget, settings: PoolSettings) -> Pool {
@@ -333,15 +399,22 @@ impl Pools {
             max_db_connections: settings.max_db_connections,
             max_user_connections: settings.max_user_connections,
         };
+        let mut state = PoolState::default();
+        if let Some(remembered) = self.0.recall(key, Instant::now()) {
+            state.login.failing = Some(remembered.failure);
+            state.login.retry_at = Some(remembered.retry_at);
+        }
         Pool(Arc::new(PoolShared {
             name: format!("{}/{}", key.database, key.user),
+            key: key.clone(),
+            registry: Arc::downgrade(&self.0),
             target: Arc::new(target),
             settings,
             account,
-            budget: self.budget.clone(),
-            refusals: self.refusals.clone(),
-            state: Mutex::new(PoolState::default()),
-            closed: self.closed.child_token(),
+            budget: self.0.budget.clone(),
+            refusals: self.0.refusals.clone(),
+            state: Mutex::new(state),
+            closed: self.0.closed.child_token(),
             pinned: AtomicUsize::new(0),
             pin_reasons: Mutex::default(),
             login_params: Mutex::new(None),
@@ -349,17 +422,26 @@ impl Pools {
     }
 
     pub fn all(&self) -> Vec<Pool> {
-        self.map.iter().map(|e| e.value().clone()).collect()
+        self.0.map.iter().map(|e| e.value().clone()).collect()
+    }
+
+    /// Pools registered now.
+    pub fn len(&self) -> usize {
+        self.0.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.map.is_empty()
     }
 
     /// Backend connections open or opening, all pools together.
     pub fn server_connections(&self) -> usize {
-        self.budget.total()
+        self.0.budget.total()
     }
 
     /// Stops maintenance and closes every idle server; servers in use close when returned.
     pub fn close(&self) {
-        self.closed.cancel();
+        self.0.closed.cancel();
         for pool in self.all() {
             pool.close_idle();
         }

@@ -28,7 +28,7 @@ use super::wait::{wait, Shutdown, Wake, Wanted};
 use super::End;
 use crate::cancel::{CancelHandle, CancelTarget};
 use crate::context::Context;
-use crate::pool::{ClientId, PinGuard, Pool, PooledServer};
+use crate::pool::{ClientId, PinGuard, PoolLease, PooledServer};
 use crate::protocol::sql::Strings;
 use crate::protocol::{sqlstate, PgError};
 use crate::server::ServerConn;
@@ -39,7 +39,8 @@ const LAST_WORDS: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// A logged-in client: its pool, cancel key and settings. It holds no server yet.
 pub struct Session {
-    pub pool: Pool,
+    /// The client's lease on its pool: the pool stays while the client does.
+    pub pool: PoolLease,
     pub cancel: CancelHandle,
     /// The session settings the client asked for, applied to every server it gets.
     pub wanted: Vec<(String, String)>,
@@ -129,7 +130,7 @@ fn internal(what: &str) -> End {
 pub(super) struct Link<'a> {
     pub(super) client: &'a Stream,
     pub(super) ctx: &'a Context,
-    pub(super) pool: Pool,
+    pub(super) pool: PoolLease,
     pub(super) cancel: CancelHandle,
     pub(super) who: ClientId,
     pub(super) wanted: Vec<(String, String)>,

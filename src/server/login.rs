@@ -1,23 +1,19 @@
-//! Opening a backend connection: socket, startup packet, authentication (trust, cleartext,
-//! md5, SCRAM-SHA-256), then the server's parameters and cancel key up to ReadyForQuery.
+//! Opening a backend connection: socket, startup packet, then the login exchange
+//! ([`super::exchange`]: authentication, the server's parameters and cancel key, up to
+//! ReadyForQuery) driven over the socket.
 
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
-use md5::{Digest, Md5};
-use postgres_protocol::authentication::md5_hash;
-use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
+use bytes::{Buf, BytesMut};
 use postgres_protocol::message::frontend;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 
-use super::{BackendKey, ServerConn, ServerError, MAX_SERVER_MESSAGE};
-use crate::protocol::cstrings;
-use crate::protocol::errors::parse_error_fields;
-use crate::protocol::io::{read_message, Message};
-use crate::protocol::tags::{auth, backend};
+use super::exchange::{self, Exchange, LoginError, Step};
+use super::{ServerConn, ServerError};
+use crate::protocol::io::ReadError;
 use crate::stream::Stream;
 
 /// Where and as whom the servers of one pool log in.
@@ -29,6 +25,8 @@ pub struct ServerTarget {
     pub dbname: String,
     pub user: String,
     pub credential: Credential,
+    /// `server_allow_cleartext_password`: a cleartext password may go over plain TCP.
+    pub allow_cleartext: bool,
 }
 
 /// What pgwarden can answer a server's password challenge with.
@@ -93,6 +91,7 @@ pub async fn connect(
 }
 
 async fn open(target: Arc<ServerTarget>) -> Result<ServerConn, ServerError> {
+    let allow_cleartext = target.allow_cleartext;
     let stream = target
         .open_socket()
         .await
@@ -102,8 +101,7 @@ async fn open(target: Arc<ServerTarget>) -> Result<ServerConn, ServerError> {
         })?;
     let mut conn = ServerConn::new(stream, target);
     send_startup(&mut conn).await?;
-    authenticate(&mut conn).await?;
-    read_info(&mut conn).await?;
+    log_in(&mut conn, allow_cleartext).await?;
     conn.params.finish_login();
     Ok(conn)
 }
@@ -119,146 +117,58 @@ async fn send_startup(conn: &mut ServerConn) -> Result<(), ServerError> {
     Ok(())
 }
 
-async fn next(conn: &mut ServerConn) -> Result<Message, ServerError> {
-    let msg = read_message(&mut conn.stream, &mut conn.buf, MAX_SERVER_MESSAGE).await?;
-    if msg.tag == backend::ERROR_RESPONSE {
-        let (code, message) = parse_error_fields(&msg.body);
-        return Err(ServerError::Refused { code, message });
-    }
-    Ok(msg)
-}
-
-/// The authentication request code and its data, from an `R` message body.
-fn auth_request(msg: &Message) -> Result<(i32, &[u8]), ServerError> {
-    if msg.tag != backend::AUTHENTICATION || msg.body.len() < 4 {
-        return Err(ServerError::Unexpected(msg.tag as char));
-    }
-    let code = i32::from_be_bytes([msg.body[0], msg.body[1], msg.body[2], msg.body[3]]);
-    Ok((code, &msg.body[4..]))
-}
-
-async fn authenticate(conn: &mut ServerConn) -> Result<(), ServerError> {
+/// Runs the login exchange ([`Exchange`]) over the socket, from the first authentication
+/// request to ReadyForQuery.
+async fn log_in(conn: &mut ServerConn, allow_cleartext: bool) -> Result<(), ServerError> {
+    let cleartext_ok = allow_cleartext || conn.stream.is_encrypted() || conn.stream.is_unix();
+    let target = conn.target.clone();
+    let mut exchange = Exchange::new(&target.user, &target.credential, cleartext_ok);
     loop {
-        let msg = next(conn).await?;
-        if msg.tag == backend::NEGOTIATE_PROTOCOL_VERSION {
-            continue;
+        let (tag, body) = next(conn).await?;
+        let step = exchange
+            .feed(tag, &body)
+            .map_err(|e| login_error(&target, e))?;
+        match step {
+            Step::Send(out) => conn.stream.write_all(&out).await?,
+            Step::Read => {}
+            Step::Parameter => conn.params.record_status(&body),
+            Step::Key(key) => conn.key = key,
+            Step::Ready => return Ok(()),
         }
-        let (code, data) = auth_request(&msg)?;
-        let mut out = BytesMut::new();
-        match code {
-            auth::OK => return Ok(()),
-            auth::CLEARTEXT_PASSWORD => {
-                let password = plain_password(conn, "cleartext password")?;
-                frontend::password_message(password.as_bytes(), &mut out)?;
-            }
-            auth::MD5_PASSWORD => {
-                let salt: [u8; 4] = data
-                    .get(..4)
-                    .and_then(|s| s.try_into().ok())
-                    .ok_or(ServerError::Unexpected('R'))?;
-                let hashed = md5_response(conn, salt)?;
-                frontend::password_message(hashed.as_bytes(), &mut out)?;
-            }
-            auth::SASL => return scram(conn, data).await,
-            other => {
-                return Err(auth_error(
-                    conn,
-                    format!("unsupported authentication request {other} from server"),
-                ));
-            }
-        }
-        conn.stream.write_all(&out).await?;
     }
 }
 
-fn auth_error(conn: &ServerConn, reason: impl Into<String>) -> ServerError {
-    ServerError::Auth {
-        user: conn.target.user.clone(),
-        reason: reason.into(),
-    }
-}
-
-fn plain_password(conn: &ServerConn, method: &str) -> Result<String, ServerError> {
-    match &conn.target.credential {
-        Credential::Password(p) => Ok(p.clone()),
-        Credential::Md5Hash(_) => Err(auth_error(
-            conn,
-            format!("server asks for {method} but only an md5 hash of the password is configured"),
-        )),
-        Credential::None => Err(auth_error(
-            conn,
-            format!("server asks for {method} but no password is configured"),
-        )),
-    }
-}
-
-fn md5_response(conn: &ServerConn, salt: [u8; 4]) -> Result<String, ServerError> {
-    match &conn.target.credential {
-        Credential::Password(p) => Ok(md5_hash(conn.target.user.as_bytes(), p.as_bytes(), salt)),
-        Credential::Md5Hash(h) => {
-            let mut md5 = Md5::new();
-            md5.update(h.trim_start_matches("md5").as_bytes());
-            md5.update(salt);
-            Ok(format!("md5{:x}", md5.finalize()))
-        }
-        Credential::None => Err(auth_error(
-            conn,
-            "server asks for an md5 password but no password is configured",
-        )),
-    }
-}
-
-async fn scram(conn: &mut ServerConn, mechanisms: &[u8]) -> Result<(), ServerError> {
-    if !cstrings(mechanisms).any(|m| m == SCRAM_SHA_256) {
-        return Err(auth_error(
-            conn,
-            "server offers no SASL mechanism pgwarden supports",
-        ));
-    }
-    let password = plain_password(conn, "SCRAM-SHA-256")?;
-    let mut scram = ScramSha256::new(password.as_bytes(), ChannelBinding::unsupported());
-    let mut out = BytesMut::new();
-    frontend::sasl_initial_response(SCRAM_SHA_256, scram.message(), &mut out)?;
-    conn.stream.write_all(&out).await?;
+/// The next whole message of the login, its header checked by [`exchange::frame`] before
+/// its body is read; the buffer grows with the bytes that arrive, not the declared length.
+async fn next(conn: &mut ServerConn) -> Result<(u8, BytesMut), ServerError> {
     loop {
-        let msg = next(conn).await?;
-        let (code, data) = auth_request(&msg)?;
-        match code {
-            auth::SASL_CONTINUE => {
-                scram
-                    .update(data)
-                    .map_err(|e| auth_error(conn, format!("SCRAM exchange failed: {e}")))?;
-                out.clear();
-                frontend::sasl_response(scram.message(), &mut out)?;
-                conn.stream.write_all(&out).await?;
+        let framed = exchange::frame(&conn.buf).map_err(|e| login_error(&conn.target, e))?;
+        if let Some((tag, total)) = framed {
+            let mut msg = conn.buf.split_to(total);
+            msg.advance(5);
+            return Ok((tag, msg));
+        }
+        conn.buf.reserve(READ_CHUNK);
+        if conn.stream.read_buf(&mut conn.buf).await? == 0 {
+            if conn.buf.is_empty() {
+                return Err(ServerError::Read(ReadError::Closed));
             }
-            auth::SASL_FINAL => {
-                scram.finish(data).map_err(|e| {
-                    auth_error(conn, format!("SCRAM server signature invalid: {e}"))
-                })?;
-            }
-            auth::OK => return Ok(()),
-            _ => return Err(ServerError::Unexpected('R')),
+            let what = "connection closed in the middle of a message";
+            return Err(ServerError::Protocol(what.into()));
         }
     }
 }
 
-/// Reads ParameterStatus and BackendKeyData up to the first ReadyForQuery.
-async fn read_info(conn: &mut ServerConn) -> Result<(), ServerError> {
-    loop {
-        let msg = next(conn).await?;
-        match msg.tag {
-            backend::PARAMETER_STATUS => conn.params.record_status(&msg.body),
-            backend::BACKEND_KEY_DATA if msg.body.len() >= 8 => {
-                let b = &msg.body;
-                conn.key = BackendKey {
-                    pid: i32::from_be_bytes([b[0], b[1], b[2], b[3]]),
-                    secret: i32::from_be_bytes([b[4], b[5], b[6], b[7]]),
-                };
-            }
-            backend::READY_FOR_QUERY => return Ok(()),
-            backend::NOTICE_RESPONSE => {}
-            other => return Err(ServerError::Unexpected(other as char)),
-        }
+/// How much more room each read during login asks for.
+const READ_CHUNK: usize = 4096;
+
+fn login_error(target: &ServerTarget, err: LoginError) -> ServerError {
+    match err {
+        LoginError::Refused { code, message } => ServerError::Refused { code, message },
+        LoginError::Method(reason) => ServerError::Auth {
+            user: target.user.clone(),
+            reason,
+        },
+        LoginError::Protocol(what) => ServerError::Protocol(what),
     }
 }

@@ -2,6 +2,7 @@
 //! carries ([`params`]), and the small request/response exchanges pgwarden runs on it itself
 //! (parameter sync, reset). The relay moves a client's bytes over it without going through here.
 
+pub mod exchange;
 pub mod login;
 pub mod params;
 
@@ -79,6 +80,9 @@ pub enum ServerError {
     Auth { user: String, reason: String },
     #[error("server sent an unexpected message {0:?}")]
     Unexpected(char),
+    /// The server broke the protocol during login (what it sent, or closing mid-way).
+    #[error("server broke the login protocol: {0}")]
+    Protocol(String),
     #[error("server error {code}: {message}")]
     Query { code: String, message: String },
     #[error("server connection lost: {0}")]
@@ -106,6 +110,9 @@ impl ServerError {
             }
             ServerError::Auth { .. } => {
                 PgError::fatal(sqlstate::INVALID_AUTHORIZATION, self.to_string())
+            }
+            ServerError::Protocol(_) => {
+                PgError::fatal(sqlstate::PROTOCOL_VIOLATION, self.to_string())
             }
             _ => PgError::fatal(sqlstate::SQLCLIENT_UNABLE_TO_ESTABLISH, self.to_string()),
         }
