@@ -1,5 +1,5 @@
 //! What every client task shares: the configuration snapshot, the pools, the cancel keys,
-//! the client caps, the refusal counters and the shutdown signal. Passed in explicitly;
+//! the client caps, TLS, the refusal counters and the shutdown signal. Passed in explicitly;
 //! nothing in pgwarden reads a global.
 
 use std::sync::Arc;
@@ -20,6 +20,8 @@ pub struct Context {
     /// Clients counted against the per-identity client caps.
     pub admission: Arc<Admission>,
     pub refusals: Arc<Refusals>,
+    /// The TLS acceptor and connector in force (SIGHUP reads the files again).
+    pub tls: Arc<crate::tls::Tls>,
     /// Cancelled when pgwarden starts shutting down: clients leave at their next idle point.
     pub shutdown: CancellationToken,
     /// Cancelled when `shutdown_timeout` ran out: every session ends where it stands.
@@ -33,6 +35,7 @@ impl Context {
             pools: Pools::new(config.max_server_conn, refusals.clone()),
             cancels: CancelRegistry::new(config.cancel_wait_timeout),
             admission: Arc::default(),
+            tls: Arc::new(crate::tls::Tls::new(config.tls_settings())),
             refusals,
             abort: CancellationToken::new(),
             shutdown,

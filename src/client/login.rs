@@ -70,7 +70,7 @@ pub async fn login(
     };
     let pool = ctx
         .pools
-        .get_or_create(key, || pool_spec(config, route, user, startup));
+        .get_or_create(key, || pool_spec(config, route, user, startup, &ctx.tls));
     let reported = match pool.login_params() {
         Some(cached) => overlay(&cached, &wanted),
         None => first_login_params(&pool, &wanted, &who).await?,
@@ -141,6 +141,7 @@ fn pool_spec(
     route: &Database,
     user: Option<&User>,
     startup: &Startup,
+    tls: &std::sync::Arc<crate::tls::Tls>,
 ) -> (ServerTarget, PoolSettings) {
     let server_user = route.user.clone().unwrap_or_else(|| startup.user.clone());
     let credential = match (&route.password, &route.user) {
@@ -159,6 +160,7 @@ fn pool_spec(
             .unwrap_or_else(|| startup.database.clone()),
         user: server_user,
         credential,
+        tls: crate::server::ServerTls(tls.clone()),
     };
     let pool = config.pool_config(route, user);
     let settings = PoolSettings {
