@@ -335,3 +335,27 @@ async fn verify_ca_refuses_clients_without_a_certificate() {
         proxy.output()
     );
 }
+
+#[tokio::test]
+async fn sighup_reads_the_certificates_again_and_keeps_the_old_ones_on_failure() {
+    let certs = Certs::new();
+    let (_pg, proxy) = start(&certs, "prefer", "prefer", "ca.crt").await;
+    std::fs::write(certs.path("server.key"), "not a key\n").unwrap();
+    proxy.signal("HUP");
+    proxy.wait_for_output("TLS files not reloaded").await;
+    assert!(
+        proxy.output().contains("client_tls_key_file"),
+        "{}",
+        proxy.output_tail(5)
+    );
+    let ca = certs.path("ca.crt");
+    let verify = format!("sslmode=verify-full sslrootcert={}", ca.display());
+    assert_eq!(psql(proxy.port, &verify, "SELECT 1"), Ok("1".to_owned()));
+    std::fs::write(certs.path("server.key"), &certs.server_key).unwrap();
+    proxy.signal("HUP");
+    proxy
+        .wait_for_output("TLS certificates and keys read again")
+        .await;
+    assert_eq!(psql(proxy.port, &verify, "SELECT 1"), Ok("1".to_owned()));
+    proxy.assert_healthy().await;
+}

@@ -347,3 +347,76 @@ impl std::fmt::Debug for Tls {
             .finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(errors: Vec<TlsError>) -> Vec<&'static str> {
+        errors.iter().map(TlsError::key).collect()
+    }
+
+    #[test]
+    fn defaults_need_no_files() {
+        let loaded = TlsSettings::default().load().unwrap();
+        assert_eq!(loaded.client.mode, SslMode::Disable);
+        assert!(loaded.client.acceptor.is_none());
+        assert_eq!(loaded.server.mode, SslMode::Prefer);
+        assert!(loaded.server.connector.is_some());
+    }
+
+    #[test]
+    fn modes_name_the_files_they_lack() {
+        let settings = TlsSettings {
+            client_mode: SslMode::VerifyCa,
+            server_mode: SslMode::VerifyFull,
+            ..TlsSettings::default()
+        };
+        let Err(errors) = settings.load() else {
+            panic!("loaded without the files")
+        };
+        assert_eq!(
+            keys(errors.clone()),
+            [
+                "client_tls_cert_file",
+                "client_tls_key_file",
+                "client_tls_ca_file",
+                "server_tls_ca_file"
+            ]
+        );
+        assert!(errors[0]
+            .to_string()
+            .contains("client_tls_sslmode is verify-ca"));
+    }
+
+    #[test]
+    fn unreadable_and_unparsable_files_name_key_and_file() {
+        let dir = std::env::temp_dir().join(format!("pgwarden-tls-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let garbage = dir.join("garbage.pem");
+        std::fs::write(&garbage, "not a certificate\n").unwrap();
+        let settings = TlsSettings {
+            client_mode: SslMode::Require,
+            client_cert: Some(garbage.clone()),
+            client_key: Some(dir.join("missing.key")),
+            server_mode: SslMode::VerifyCa,
+            server_ca: Some(garbage.clone()),
+            ..TlsSettings::default()
+        };
+        let Err(errors) = settings.load() else {
+            panic!("loaded without the files")
+        };
+        let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        assert_eq!(text.len(), 3, "{text:?}");
+        assert!(
+            text[0].starts_with("client_tls_cert_file: cannot use ")
+                && text[0].contains("garbage.pem")
+        );
+        assert!(
+            text[1].starts_with("client_tls_key_file: cannot use ")
+                && text[1].contains("missing.key")
+        );
+        assert!(text[2].starts_with("server_tls_ca_file: cannot use "));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
