@@ -1,5 +1,5 @@
 //! What every client task shares: the configuration snapshot, the pools, the cancel keys,
-//! the client caps, the pre-login budget, the refusal counters and the shutdown signal. Passed in explicitly;
+//! the client caps, the pre-login budget, TLS, the refusal counters and the shutdown signal. Passed in explicitly;
 //! nothing in pgwarden reads a global.
 
 use std::sync::Arc;
@@ -26,6 +26,8 @@ pub struct Context {
     pub refusals: Arc<Refusals>,
     /// Per-user SCRAM salts, derived verifiers, what unknown users are made to look like.
     pub logins: Arc<Logins>,
+    /// The TLS acceptor and connector in force (SIGHUP reads the files again).
+    pub tls: Arc<crate::tls::Tls>,
     /// Cancelled when pgwarden starts shutting down: clients leave at their next idle point.
     pub shutdown: CancellationToken,
     /// Cancelled when `shutdown_timeout` ran out: every session ends where it stands.
@@ -40,6 +42,7 @@ impl Context {
             cancels: CancelRegistry::new(config.cancel_wait_timeout),
             admission: Arc::default(),
             prelogin: PreLogin::new(&config, refusals.clone()),
+            tls: Arc::new(crate::tls::Tls::new(config.tls_settings())),
             refusals,
             logins: Arc::new(Logins::new(
                 config.users.values().filter_map(|u| u.secret.as_ref()),

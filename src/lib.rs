@@ -24,7 +24,8 @@
 //! - [`prepared`]: named prepared statements that follow a client from server to server.
 //! - [`cancel`]: proxy-issued cancel keys mapped to the server a client uses now.
 //! - [`shutdown`]: signals and draining.
-//! - [`stream`]: TCP and Unix sockets behind one type.
+//! - [`stream`]: TCP and Unix sockets, and TLS over TCP, behind one type.
+//! - [`tls`]: rustls acceptor (clients) and connector (servers) per `sslmode`, reloadable.
 //! - [`context`]: what every client task shares.
 //! - [`refusals`]: counts of refusals by cap.
 
@@ -46,5 +47,6 @@ pub mod relay;
 pub mod server;
 pub mod shutdown;
 pub mod stream;
+pub mod tls;
 
 pub use listener::run;

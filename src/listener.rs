@@ -64,7 +64,12 @@ pub async fn run(
     config: Arc<Config>,
     shutdown: CancellationToken,
 ) -> io::Result<()> {
-    serve(listeners, Context::new(config, shutdown)).await
+    let ctx = Context::new(config, shutdown);
+    tokio::spawn(crate::shutdown::on_reload(
+        ctx.tls.clone(),
+        ctx.shutdown.clone(),
+    ));
+    serve(listeners, ctx).await
 }
 
 /// [`run`] with a context made by the caller, who can then watch its pools and counters

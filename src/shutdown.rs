@@ -1,5 +1,6 @@
 //! Process signals: SIGTERM and SIGINT start a graceful shutdown (stop accepting, let running
-//! transactions finish within `shutdown_timeout`); a second one exits at once.
+//! transactions finish within `shutdown_timeout`); a second one exits at once. SIGHUP reads
+//! the TLS certificate files again (the rest of the configuration reload is to come).
 
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
@@ -21,4 +22,21 @@ pub async fn on_signals(token: CancellationToken) -> std::io::Result<()> {
     }
     warn!("second signal: exiting immediately");
     std::process::exit(1);
+}
+
+/// Reads the TLS files again on every SIGHUP, keeping the old ones (with a WARN) when the
+/// new ones cannot be used. Ends with `token`.
+pub async fn on_reload(
+    tls: std::sync::Arc<crate::tls::Tls>,
+    token: CancellationToken,
+) -> std::io::Result<()> {
+    let mut hup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {}
+            _ = token.cancelled() => return Ok(()),
+        }
+        info!(signal = "SIGHUP", "reloading TLS certificates");
+        tls.reload_logged();
+    }
 }

@@ -1,4 +1,5 @@
-//! A TCP or Unix socket behind one type, used for both client and server connections.
+//! A TCP or Unix socket, or TLS over TCP, behind one type, used for both client and server
+//! connections.
 //!
 //! The relay works on readiness (`poll_read_ready`/`try_read_buf`,
 //! `poll_write_ready`/`try_write`) through `&self`, so one task can wait on both directions
@@ -14,17 +15,20 @@ use socket2::SockRef;
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 
+use crate::tls::stream::TlsStream;
+
 #[derive(Debug)]
 pub enum Stream {
     Tcp(TcpStream),
     Unix(UnixStream),
+    /// Boxed: a TLS connection's state is large, and the plain variants stay small.
+    Tls(Box<TlsStream>),
 }
 
 impl Stream {
-    /// Whether what is written here is encrypted on the wire (TLS). Plain TCP and Unix
-    /// sockets are not; the TLS variant lands with the TLS work.
+    /// Whether this connection is encrypted (TLS).
     pub fn is_encrypted(&self) -> bool {
-        false
+        matches!(self, Stream::Tls(_))
     }
 
     /// Whether this is a Unix socket (the peer is on this machine).
@@ -32,11 +36,22 @@ impl Stream {
         matches!(self, Stream::Unix(_))
     }
 
+    /// Whether the stream must write with nothing new to say: TLS ciphertext the socket
+    /// did not take yet. Never for plain sockets (one compare on the relay's path).
+    #[inline]
+    pub fn wants_write(&self) -> bool {
+        match self {
+            Stream::Tls(s) => s.wants_write(),
+            _ => false,
+        }
+    }
+
     /// Waits until a read may make progress. Cancel-safe.
     pub async fn readable(&self) -> io::Result<()> {
         match self {
             Stream::Tcp(s) => s.readable().await,
             Stream::Unix(s) => s.readable().await,
+            Stream::Tls(s) => std::future::poll_fn(|cx| s.poll_read_ready(cx)).await,
         }
     }
 
@@ -45,6 +60,7 @@ impl Stream {
         match self {
             Stream::Tcp(s) => s.writable().await,
             Stream::Unix(s) => s.writable().await,
+            Stream::Tls(s) => std::future::poll_fn(|cx| s.poll_write_ready(cx)).await,
         }
     }
 
@@ -55,6 +71,7 @@ impl Stream {
         match self {
             Stream::Tcp(s) => s.poll_read_ready(cx),
             Stream::Unix(s) => s.poll_read_ready(cx),
+            Stream::Tls(s) => s.poll_read_ready(cx),
         }
     }
 
@@ -63,6 +80,7 @@ impl Stream {
         match self {
             Stream::Tcp(s) => s.poll_write_ready(cx),
             Stream::Unix(s) => s.poll_write_ready(cx),
+            Stream::Tls(s) => s.poll_write_ready(cx),
         }
     }
 
@@ -79,6 +97,7 @@ impl Stream {
             Stream::Unix(s) => {
                 read_draining(buf, |f| s.try_io(Interest::READABLE, f), SockRef::from(s))
             }
+            Stream::Tls(s) => s.try_read_buf(buf),
         }
     }
 
@@ -86,6 +105,7 @@ impl Stream {
         match self {
             Stream::Tcp(s) => s.try_write(buf),
             Stream::Unix(s) => s.try_write(buf),
+            Stream::Tls(s) => s.try_write(buf),
         }
     }
 
@@ -93,12 +113,14 @@ impl Stream {
         match self {
             Stream::Tcp(s) => s.try_write_vectored(bufs),
             Stream::Unix(s) => s.try_write_vectored(bufs),
+            Stream::Tls(s) => s.try_write_vectored(bufs),
         }
     }
 
-    /// Writes all of `buf`, through `&self` (the relay holds only shared references).
+    /// Writes all of `buf`, through `&self` (the relay holds only shared references), and
+    /// for TLS the ciphertext it became.
     pub async fn write_all_ready(&self, mut buf: &[u8]) -> io::Result<()> {
-        while !buf.is_empty() {
+        while !buf.is_empty() || self.wants_write() {
             self.writable().await?;
             match self.try_write(buf) {
                 Ok(n) => buf = &buf[n..],
@@ -115,6 +137,7 @@ impl Stream {
         let socket = match self {
             Stream::Tcp(s) => SockRef::from(s),
             Stream::Unix(s) => SockRef::from(s),
+            Stream::Tls(s) => return s.shutdown_write(),
         };
         let _ = socket.shutdown(std::net::Shutdown::Write);
     }
@@ -126,6 +149,7 @@ impl Stream {
         let res = match self {
             Stream::Tcp(s) => s.try_read(&mut probe),
             Stream::Unix(s) => s.try_read(&mut probe),
+            Stream::Tls(s) => return s.has_pending_input(),
         };
         !matches!(res, Err(ref e) if e.kind() == io::ErrorKind::WouldBlock)
     }
@@ -168,6 +192,7 @@ impl AsyncRead for Stream {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Unix(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => s.poll_read(cx, buf),
         }
     }
 }
@@ -181,6 +206,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Unix(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => s.poll_write(cx, buf),
         }
     }
 
@@ -188,6 +214,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
             Stream::Unix(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => s.poll_flush(cx),
         }
     }
 
@@ -195,6 +222,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
             Stream::Unix(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => s.poll_shutdown(cx),
         }
     }
 }

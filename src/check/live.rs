@@ -9,18 +9,21 @@ use std::time::Duration;
 use super::capacity::{PoolLimits, ServerFacts};
 use crate::auth::Secret;
 use crate::config::{Config, Database};
-use crate::server::{self, Credential, ServerError, ServerTarget};
+use crate::server::{self, Credential, ServerError, ServerTarget, ServerTls};
+use crate::tls::Tls;
 
-/// Reads the facts of the server `pool` leads to, logging in as its server user.
+/// Reads the facts of the server `pool` leads to, logging in as its server user (over TLS
+/// as `server_tls_sslmode` says).
 pub async fn facts(
     config: &Config,
     pool: &PoolLimits,
+    tls: &Arc<Tls>,
     timeout: Duration,
 ) -> Result<ServerFacts, ServerError> {
     let route = (config.databases.get(&pool.database))
         .or(config.wildcard.as_ref())
         .ok_or(ServerError::Unexpected('?'))?;
-    let target = target(config, route, pool);
+    let target = target(config, route, pool, tls);
     let mut conn = server::login::connect(Arc::new(target), timeout).await?;
     let number = |rows: &[Vec<Option<String>>], what: &str| -> Result<usize, ServerError> {
         let text = rows.first().and_then(|r| r.first()).cloned().flatten();
@@ -82,7 +85,7 @@ pub async fn facts(
 }
 
 /// How pgwarden would log in for `pool`; the wildcard route connects to `postgres`.
-fn target(config: &Config, route: &Database, pool: &PoolLimits) -> ServerTarget {
+fn target(config: &Config, route: &Database, pool: &PoolLimits, tls: &Arc<Tls>) -> ServerTarget {
     let credential = match &route.password {
         Some(password) => Credential::Password(password.clone()),
         None => match config
@@ -106,5 +109,6 @@ fn target(config: &Config, route: &Database, pool: &PoolLimits) -> ServerTarget 
         user: pool.server_user.clone(),
         credential,
         allow_cleartext: config.server_allow_cleartext_password,
+        tls: ServerTls(tls.clone()),
     }
 }

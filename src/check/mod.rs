@@ -88,10 +88,11 @@ pub async fn audit(config: &Config, live: bool) -> Report {
     for pool in &pools {
         by_server.entry(&pool.server).or_default().push(pool);
     }
+    let tls = std::sync::Arc::new(crate::tls::Tls::new(config.tls_settings()));
     let mut servers = Vec::new();
     for (server, server_pools) in by_server {
         let facts = match live {
-            true => ask(config, &server_pools).await,
+            true => ask(config, &server_pools, &tls).await,
             false => Err("not asked".to_owned()),
         };
         let databases = facts.as_ref().ok().map(|f| f.database_limits.len());
@@ -123,10 +124,14 @@ pub async fn audit(config: &Config, live: bool) -> Report {
 
 /// The facts of the server behind `pools`, logging in as each pool's server user in turn
 /// until one login works (a missing database or role is a finding, not the end of the audit).
-async fn ask(config: &Config, pools: &[&PoolLimits]) -> Result<ServerFacts, String> {
+async fn ask(
+    config: &Config,
+    pools: &[&PoolLimits],
+    tls: &std::sync::Arc<crate::tls::Tls>,
+) -> Result<ServerFacts, String> {
     let mut last = "no pool leads there".to_owned();
     for pool in pools {
-        match live::facts(config, pool, LIVE_TIMEOUT).await {
+        match live::facts(config, pool, tls, LIVE_TIMEOUT).await {
             Ok(facts) => return Ok(facts),
             Err(err) if err.is_backpressure() => return Err(err.to_string()),
             Err(err) => last = err.to_string(),

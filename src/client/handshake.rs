@@ -1,5 +1,5 @@
-//! The startup phase: refuse SSL/GSS encryption, answer cancel requests, negotiate the
-//! protocol version, and read who the client is.
+//! The startup phase: TLS when the client asks and `client_tls_sslmode` allows (GSS
+//! encryption is refused), cancel requests, the protocol version, and who the client is.
 
 use std::future::Future;
 use std::time::Duration;
@@ -11,10 +11,12 @@ use super::ClientError;
 use crate::context::Context;
 use crate::protocol::io::read_startup;
 use crate::protocol::startup::{Encryption, Negotiation, StartupPacket};
-use crate::protocol::tags::ENCRYPTION_REFUSED;
+use crate::protocol::tags::{ENCRYPTION_ACCEPTED, ENCRYPTION_REFUSED};
 use crate::protocol::{messages, sqlstate, PgError};
 use crate::server::BackendKey;
 use crate::stream::Stream;
+use crate::tls::negotiate::{self, Answer};
+use crate::tls::stream::TlsStream;
 
 /// Who a client says it is, and what it asked for.
 #[derive(Debug, Clone)]
@@ -48,10 +50,12 @@ pub async fn read_hello(
     loop {
         let packet = read_startup(stream, buf).await?;
         let packet = negotiation.classify(&packet);
+        // A second request of a kind (or any after TLS is up) reads as a protocol version,
+        // as in Postgres.
         match packet.map_err(|e| ClientError::Refused(PgError::protocol_violation(e)))? {
             StartupPacket::SslRequest => {
-                stream.write_all(&[ENCRYPTION_REFUSED]).await?;
-                negotiation.answered(Encryption::Ssl, false);
+                ssl_request(stream, buf, ctx).await?;
+                negotiation.answered(Encryption::Ssl, stream.is_encrypted());
             }
             StartupPacket::GssEncRequest => {
                 stream.write_all(&[ENCRYPTION_REFUSED]).await?;
@@ -70,11 +74,66 @@ pub async fn read_hello(
                 )));
             }
             StartupPacket::Startup { minor, params } => {
+                plaintext_allowed(stream, ctx)?;
                 negotiate(stream, minor, &params).await?;
                 return identify(params).map(Some);
             }
         }
     }
+}
+
+/// Answers an SSLRequest: `S` and the TLS handshake, or `N`.
+///
+/// Bytes the client sent after its SSLRequest and before the handshake would be taken as
+/// if they had been encrypted (a man in the middle injecting commands, CVE-2021-3935's
+/// shape): the connection is refused with Postgres' 08P01 instead.
+async fn ssl_request(
+    stream: &mut Stream,
+    buf: &mut BytesMut,
+    ctx: &Context,
+) -> Result<(), ClientError> {
+    let tls = ctx.tls.current();
+    let over_tcp = matches!(stream, Stream::Tcp(_));
+    let acceptor = match &tls.client.acceptor {
+        Some(acceptor) => acceptor,
+        None => return Ok(stream.write_all(&[ENCRYPTION_REFUSED]).await?),
+    };
+    if negotiate::client_ssl_request(tls.client.mode, true, over_tcp) == Answer::Refuse {
+        return Ok(stream.write_all(&[ENCRYPTION_REFUSED]).await?);
+    }
+    if !buf.is_empty() || stream.has_pending_input() {
+        return Err(ClientError::Refused(PgError::fatal(
+            sqlstate::PROTOCOL_VIOLATION,
+            "received unencrypted data after SSL request",
+        )));
+    }
+    stream.write_all(&[ENCRYPTION_ACCEPTED]).await?;
+    let Stream::Tcp(tcp) = &*stream else {
+        return Ok(());
+    };
+    // The accepted socket is borrowed here: the TLS stream gets a duplicate of its
+    // descriptor, and the original closes when the stream is replaced below.
+    let socket = socket2::SockRef::from(tcp).try_clone()?;
+    let tcp = tokio::net::TcpStream::from_std(std::net::TcpStream::from(socket))?;
+    let (tcp, conn) = acceptor.accept(tcp).await?.into_inner();
+    *stream = Stream::Tls(Box::new(TlsStream::new(tcp, conn)));
+    Ok(())
+}
+
+/// Refuses a plaintext TCP client where `client_tls_sslmode` requires TLS (after its
+/// startup packet, so the message reaches it).
+fn plaintext_allowed(stream: &Stream, ctx: &Context) -> Result<(), ClientError> {
+    let mode = ctx.tls.current().client.mode;
+    let over_tcp = matches!(stream, Stream::Tcp(_));
+    if stream.is_encrypted() || negotiate::client_plaintext_allowed(mode, over_tcp) {
+        return Ok(());
+    }
+    Err(ClientError::Refused(PgError::fatal(
+        sqlstate::INVALID_AUTHORIZATION,
+        format!(
+            "TLS required: client_tls_sslmode is {mode}; connect with sslmode=require or stricter"
+        ),
+    )))
 }
 
 /// Protocol 3.x with x > 0, or `_pq_.` options: say we speak 3.0 and which options we

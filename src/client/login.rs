@@ -77,7 +77,7 @@ pub async fn login(
     };
     let pool = ctx
         .pools
-        .get_or_create(key, || pool_spec(config, route, user, startup));
+        .get_or_create(key, || pool_spec(config, route, user, startup, &ctx.tls));
     let reported = match pool.login_params() {
         Some(cached) => overlay(&cached, &wanted),
         None => first_login_params(&pool, &wanted, &who).await?,
@@ -148,6 +148,7 @@ fn pool_spec(
     route: &Database,
     user: Option<&User>,
     startup: &Startup,
+    tls: &std::sync::Arc<crate::tls::Tls>,
 ) -> (ServerTarget, PoolSettings) {
     let server_user = route.user.clone().unwrap_or_else(|| startup.user.clone());
     let credential = match (&route.password, &route.user) {
@@ -167,6 +168,7 @@ fn pool_spec(
         user: server_user,
         credential,
         allow_cleartext: config.server_allow_cleartext_password,
+        tls: crate::server::ServerTls(tls.clone()),
     };
     let pool = config.pool_config(route, user);
     let settings = PoolSettings {

@@ -98,6 +98,22 @@ impl fmt::Debug for Database {
     }
 }
 
+impl Config {
+    /// The TLS settings, for [`crate::tls`].
+    pub fn tls_settings(&self) -> crate::tls::TlsSettings {
+        crate::tls::TlsSettings {
+            client_mode: self.client_tls_sslmode,
+            client_cert: self.client_tls_cert_file.clone(),
+            client_key: self.client_tls_key_file.clone(),
+            client_ca: self.client_tls_ca_file.clone(),
+            server_mode: self.server_tls_sslmode,
+            server_ca: self.server_tls_ca_file.clone(),
+            server_cert: self.server_tls_cert_file.clone(),
+            server_key: self.server_tls_key_file.clone(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -18,6 +18,7 @@ use std::time::Duration;
 use super::declare::{declare, Scope, Setting};
 use super::value::{Scalar, Value};
 use super::{AuthType, ClientIdentity, Database, PoolMode, User};
+use crate::tls::SslMode;
 
 // `--help` sections, in the order of config/pgwarden.toml.
 const CLIENTS: &str = "Clients";
@@ -56,6 +57,16 @@ declare! {
         /// Most client connections with one application_name (0: unlimited; clients
         /// without one count together).
         max_client_conn_per_app: usize = 0; "N", CLIENTS;
+        /// TLS towards clients: disable, allow, prefer (TLS for clients that ask), require
+        /// (plaintext TCP clients refused), verify-ca or verify-full (a client certificate
+        /// signed by client_tls_ca_file needed). Unix-socket clients never use TLS.
+        client_tls_sslmode: SslMode = SslMode::Disable; "MODE", CLIENTS;
+        /// PEM certificate chain pgwarden shows clients (needed above disable).
+        client_tls_cert_file: Option<PathBuf> = None; "FILE", CLIENTS;
+        /// PEM private key of client_tls_cert_file.
+        client_tls_key_file: Option<PathBuf> = None; "FILE", CLIENTS;
+        /// PEM CA certificates client certificates are checked against (verify-ca, verify-full).
+        client_tls_ca_file: Option<PathBuf> = None; "FILE", CLIENTS;
         /// How long a client may take to log in (0: forever).
         client_login_timeout: Duration = Duration::from_secs(60); "DURATION", CLIENTS;
         /// Largest protocol message read whole, in bytes (at least 1024).
@@ -117,6 +128,16 @@ declare! {
         server_allow_cleartext_password: bool = false; "BOOL", SERVERS;
         /// The query testing an idle server; empty for no test.
         server_check_query: String = "SELECT 1".to_owned(); "SQL", SERVERS;
+        /// TLS towards servers, as libpq's sslmode: disable, allow and prefer (TLS if the
+        /// server offers it), require (TLS, certificate not checked), verify-ca (chain checked
+        /// against server_tls_ca_file), verify-full (and the host name). Not for Unix sockets.
+        server_tls_sslmode: SslMode = SslMode::Prefer; "MODE", SERVERS;
+        /// PEM CA certificates server certificates are checked against (verify-ca, verify-full).
+        server_tls_ca_file: Option<PathBuf> = None; "FILE", SERVERS;
+        /// PEM client certificate chain pgwarden shows servers (optional).
+        server_tls_cert_file: Option<PathBuf> = None; "FILE", SERVERS;
+        /// PEM private key of server_tls_cert_file.
+        server_tls_key_file: Option<PathBuf> = None; "FILE", SERVERS;
         /// How long a forwarded cancel request may take before it is given up.
         cancel_wait_timeout: Duration = Duration::from_secs(5); "DURATION", SERVERS;
 

@@ -149,6 +149,7 @@ fn validate(merged: FileConfig) -> Result<Config, ConfigErrors> {
         check.error(key, reason)
     });
     check.limits(&mut config);
+    check.tls(&config);
     let upstream = merged
         .upstream
         .as_deref()
@@ -170,6 +171,20 @@ struct Checker {
 impl Checker {
     pub(super) fn error(&mut self, key: impl Into<String>, reason: impl Into<String>) {
         self.errors.push(ConfigError::new(key, reason));
+    }
+
+    /// The TLS files the modes need, read and parsed now, so a bad one stops the start
+    /// rather than the first TLS client.
+    fn tls(&mut self, config: &Config) {
+        if let Err(errors) = config.tls_settings().load() {
+            for error in errors {
+                let key = error.key();
+                self.error(
+                    key,
+                    error.to_string().trim_start_matches(&format!("{key}: ")),
+                );
+            }
+        }
     }
 
     fn finish(self, config: Config) -> Result<Config, ConfigErrors> {

@@ -12,6 +12,7 @@ use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 use super::duration;
 use super::{AuthType, ClientIdentity, PoolMode};
+use crate::tls::SslMode;
 
 /// A type a setting can have.
 pub trait Value: Sized + Clone {
@@ -126,7 +127,7 @@ macro_rules! choice {
         }
     )*};
 }
-choice!(AuthType, PoolMode, ClientIdentity);
+choice!(AuthType, PoolMode, ClientIdentity, SslMode);
 
 /// One TOML value of a setting, as text. A table or an array where a setting is expected is
 /// kept as such so that `validate` can say so under the key.

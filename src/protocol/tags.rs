@@ -67,3 +67,5 @@ pub mod startup_code {
 
 /// The answer to SSLRequest / GSSENCRequest when encryption is not offered.
 pub const ENCRYPTION_REFUSED: u8 = b'N';
+/// The answer to SSLRequest when the TLS handshake follows.
+pub const ENCRYPTION_ACCEPTED: u8 = b'S';

@@ -37,7 +37,8 @@ pub fn read_into(pump: &mut Pump, stream: &Stream) -> io::Result<bool> {
     }
 }
 
-/// Writes as much of the ready bytes as the socket takes now.
+/// Writes as much of the ready bytes as the socket takes now (with none ready, TLS sends
+/// the ciphertext it still holds).
 pub fn write_from(pump: &mut Pump, stream: &Stream) -> io::Result<()> {
     let (out, ready) = pump.output();
     let result = if out.is_empty() {
@@ -55,9 +56,10 @@ pub fn write_from(pump: &mut Pump, stream: &Stream) -> io::Result<()> {
     }
 }
 
-/// Writes all ready bytes, waiting for the socket as needed.
+/// Writes all ready bytes (and, for TLS, their ciphertext), waiting for the socket as
+/// needed.
 pub async fn flush(pump: &mut Pump, stream: &Stream) -> io::Result<()> {
-    while pump.has_output() {
+    while pump.has_output() || stream.wants_write() {
         stream.writable().await?;
         write_from(pump, stream)?;
     }

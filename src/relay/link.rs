@@ -187,19 +187,28 @@ impl<'a> Link<'a> {
             let deadline = self.watch_time();
             let wanted = Wanted {
                 read_client: true,
+                // TLS: the end of the last answer may still be ciphertext in rustls.
+                write_client: self.client.wants_write(),
                 shutdown: !self.machine.draining(),
                 ..Wanted::default()
             };
             match wait(self.client, None, wanted, shutdown.as_mut(), deadline).await {
                 Wake::ClientReadable(Ok(())) => self.read_client(None),
                 Wake::ClientReadable(Err(_)) => self.machine.client_closed(),
+                Wake::ClientWritable(r) => {
+                    if r.and_then(|_| io::write_from(&mut self.machine.s2c, self.client))
+                        .is_err()
+                    {
+                        self.machine.client_closed();
+                    }
+                }
                 Wake::Shutdown => self.machine.drain(),
                 Wake::Timeout(expired) => {
                     if let Some(end) = self.on_timeout(expired) {
                         return Some(end);
                     }
                 }
-                Wake::ServerWritable(_) | Wake::ServerReadable(_) | Wake::ClientWritable(_) => {}
+                Wake::ServerWritable(_) | Wake::ServerReadable(_) => {}
             }
         }
         None
@@ -283,9 +292,10 @@ impl<'a> Link<'a> {
             let m = &self.machine;
             let wanted = Wanted {
                 read_client: m.wants_client(),
-                write_server: m.c2s.has_output(),
+                // `wants_write`: TLS ciphertext still to go (always false for sockets).
+                write_server: m.c2s.has_output() || stream.wants_write(),
                 read_server: m.wants_server(),
-                write_client: m.s2c.has_output(),
+                write_client: m.s2c.has_output() || client.wants_write(),
                 // Shutdown is watched only where the server is kept across boundaries:
                 // else the next boundary hands the session to the wait for the client,
                 // which watches it (a wait registered here would cost every transaction).

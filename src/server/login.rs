@@ -27,7 +27,27 @@ pub struct ServerTarget {
     pub credential: Credential,
     /// `server_allow_cleartext_password`: a cleartext password may go over plain TCP.
     pub allow_cleartext: bool,
+    /// TLS towards this server (`server_tls_sslmode`), read at each connect.
+    pub tls: ServerTls,
 }
+
+/// The TLS state servers are connected with; targets compare equal whatever it holds.
+#[derive(Clone)]
+pub struct ServerTls(pub Arc<crate::tls::Tls>);
+
+impl fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ServerTls")
+    }
+}
+
+impl PartialEq for ServerTls {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for ServerTls {}
 
 /// What pgwarden can answer a server's password challenge with.
 #[derive(Clone, PartialEq, Eq)]
@@ -64,14 +84,16 @@ impl ServerTarget {
         self.host.starts_with('/')
     }
 
-    /// Opens a socket to the server (used for sessions and for cancel requests).
+    /// Opens a connection to the server, with TLS as `server_tls_sslmode` says (used for
+    /// sessions and for cancel requests, which libpq also sends with the same sslmode).
     pub async fn open_socket(&self) -> std::io::Result<Stream> {
         if self.is_unix() {
             Ok(Stream::Unix(UnixStream::connect(self.addr_label()).await?))
         } else {
             let tcp = TcpStream::connect((self.host.as_str(), self.port)).await?;
             tcp.set_nodelay(true)?;
-            Ok(Stream::Tcp(tcp))
+            let tls = self.tls.0.current();
+            super::tls::negotiate(tcp, &self.host, &tls.server).await
         }
     }
 }

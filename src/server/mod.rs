@@ -5,6 +5,7 @@
 pub mod exchange;
 pub mod login;
 pub mod params;
+mod tls;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,7 +21,7 @@ use crate::protocol::tags::backend;
 use crate::protocol::{messages, sqlstate, PgError, TransactionStatus};
 use crate::stream::Stream;
 
-pub use login::{connect, Credential, ServerTarget};
+pub use login::{connect, Credential, ServerTarget, ServerTls};
 
 /// What SET, RESET and set_config left in the session. `session_authorization` and `role`
 /// are hidden from pg_settings (`GUC_NO_SHOW_ALL`), so they are asked for by name, in the

@@ -493,7 +493,7 @@ impl PgServer {
         let template = template();
         let mut failures = Vec::new();
         for _ in 0..3 {
-            match Self::try_start(template) {
+            match Self::try_start(template, None) {
                 Ok(server) => return server,
                 Err(why) => failures.push(why),
             }
@@ -501,13 +501,39 @@ impl PgServer {
         panic!("could not start PostgreSQL:\n{}", failures.join("\n---\n"));
     }
 
-    fn try_start(template: &Path) -> Result<PgServer, String> {
+    /// [`start`](PgServer::start) with `ssl = on`, serving the PEM certificate `cert` and
+    /// its key `key` (written into the data directory, owned by the server's user, the key
+    /// 0600 as Postgres demands).
+    pub fn start_with_ssl(cert: &str, key: &str) -> PgServer {
+        let template = template();
+        let mut failures = Vec::new();
+        for _ in 0..3 {
+            match Self::try_start(template, Some((cert, key))) {
+                Ok(server) => return server,
+                Err(why) => failures.push(why),
+            }
+        }
+        panic!("could not start PostgreSQL:\n{}", failures.join("\n---\n"));
+    }
+
+    fn try_start(template: &Path, ssl: Option<(&str, &str)>) -> Result<PgServer, String> {
         let dir = new_run_dir();
         let data = dir.path().join("data");
         run(Command::new("cp").arg("-a").arg(template).arg(&data))?;
         fs::set_permissions(&data, fs::Permissions::from_mode(0o700)).map_err(|e| e.to_string())?;
+        let mut extra: Vec<&str> = Vec::new();
+        if let Some((cert, key)) = ssl {
+            for (name, pem, mode) in [("server.crt", cert, 0o644), ("server.key", key, 0o600)] {
+                let path = data.join(name);
+                fs::write(&path, pem).map_err(|e| e.to_string())?;
+                fs::set_permissions(&path, fs::Permissions::from_mode(mode))
+                    .map_err(|e| e.to_string())?;
+                give_to_postgres(&path);
+            }
+            extra.extend(["-c", "ssl=on"]);
+        }
         let port = free_port();
-        let postmaster = Postmaster::start(dir.path(), port, &[])?;
+        let postmaster = Postmaster::start(dir.path(), port, &extra)?;
         let socket_dir = dir.path().join("sock");
         Ok(PgServer {
             port,
