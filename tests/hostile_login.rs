@@ -179,10 +179,20 @@ async fn start_login_server(scripts: Vec<(&'static str, Vec<Step>)>) -> u16 {
     port
 }
 
+/// The SSLRequest code: answered `N`, as a Postgres without TLS does (pgwarden asks first
+/// under the default `server_tls_sslmode = prefer`).
+const SSL_REQUEST: [u8; 4] = 80_877_103u32.to_be_bytes();
+
 async fn play(mut stream: TcpStream, scripts: &[(&str, Vec<Step>)]) -> std::io::Result<()> {
-    let len = stream.read_u32().await? as usize;
-    let mut body = vec![0u8; len.saturating_sub(4)];
-    stream.read_exact(&mut body).await?;
+    let body = loop {
+        let len = stream.read_u32().await? as usize;
+        let mut body = vec![0u8; len.saturating_sub(4)];
+        stream.read_exact(&mut body).await?;
+        if body != SSL_REQUEST {
+            break body;
+        }
+        stream.write_all(b"N").await?;
+    };
     let text = String::from_utf8_lossy(&body).into_owned();
     let database = text.split('\0').skip_while(|k| *k != "database").nth(1);
     let Some((_, script)) = scripts.iter().find(|(name, _)| Some(*name) == database) else {
