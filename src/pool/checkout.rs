@@ -197,7 +197,16 @@ impl Pool {
             self.0.target.clone(),
             settings.connect_timeout,
         ));
-        match connect.await {
+        // A client that goes while its server logs in (evicted, cancelled) gives the slot
+        // back: a pool not yet proven opens one at a time and would otherwise wait for ever.
+        let mut slot = Slot {
+            pool: self,
+            who,
+            abandoned: true,
+        };
+        let outcome = connect.await;
+        slot.abandoned = false;
+        match outcome {
             Ok(server) => {
                 info!(pool = %self.0.name, server_id = server.id, addr = %self.0.target.addr_label(), "server connected");
                 self.remember_login_params(&server);
@@ -223,6 +232,21 @@ impl Pool {
     /// `who`, when the pool counts what each identity holds.
     pub(super) fn holder(&self, who: &ClientId) -> Option<ClientId> {
         (self.0.settings.per_client > 0).then(|| who.clone())
+    }
+}
+
+/// A slot being opened; dropped only if its opening was abandoned midway.
+struct Slot<'a> {
+    pool: &'a Pool,
+    who: &'a ClientId,
+    abandoned: bool,
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        if self.abandoned {
+            self.pool.release_slot(self.pool.holder(self.who).as_ref());
+        }
     }
 }
 

@@ -111,10 +111,15 @@ impl Pool {
     }
 
     /// While logins fail, no new connection before `retry_at`; a timer serves the waiters
-    /// then, so they keep waiting rather than failing.
+    /// then, so they keep waiting rather than failing. Before a first login succeeds,
+    /// none while one is opening ([`LoginState::may_open`]).
     fn backing_off(&self, state: &mut PoolState, now: Instant) -> bool {
-        let Some(at) = state.login.retry_at.filter(|at| *at > now) else {
+        if state.login.may_open(state.open, now) {
             return false;
+        }
+        // Not proven yet and a first login under way: its outcome serves the waiters.
+        let Some(at) = state.login.retry_at.filter(|at| *at > now) else {
+            return true;
         };
         if !state.login.timer_armed {
             state.login.timer_armed = true;
@@ -163,7 +168,8 @@ impl Pool {
         let recovered = {
             let mut state = self.state();
             state.login.retry_at = None;
-            state.login.failing.take().is_some()
+            let first = !std::mem::replace(&mut state.login.proven, true);
+            state.login.failing.take().is_some() || first
         };
         if recovered {
             self.serve_waiters();

@@ -73,11 +73,17 @@ impl Pool {
             return false;
         };
         let now = Instant::now();
+        // The failure is remembered under the entry's lock, before the pool leaves the map:
+        // a client arriving just after finds either this pool or the remembered failure.
         let removed = (registry.map).remove_if(&self.0.key, |_, pool| {
-            Arc::ptr_eq(&pool.0, &self.0) && self.mark_retired(now)
+            let go = Arc::ptr_eq(&pool.0, &self.0) && self.mark_retired(now);
+            if go {
+                self.remember_failure(&registry, now);
+            }
+            go
         });
         if removed.is_some() {
-            self.wind_down(&registry, now);
+            self.wind_down();
         }
         removed.is_some()
     }
@@ -99,8 +105,8 @@ impl Pool {
         go
     }
 
-    /// After removal: remember a fresh failure, stop maintenance, close idle servers.
-    fn wind_down(&self, registry: &Registry, now: Instant) {
+    /// Hands a failure still fresh to the registry, for the next pool of the same key.
+    fn remember_failure(&self, registry: &Registry, now: Instant) {
         let remembered = {
             let state = self.state();
             let login = &state.login;
@@ -115,6 +121,10 @@ impl Pool {
         if let Some(remembered) = remembered {
             registry.remember(self.0.key.clone(), remembered, now);
         }
+    }
+
+    /// After removal: stop maintenance, close idle servers.
+    fn wind_down(&self) {
         self.0.closed.cancel();
         let closed = self.close_idle();
         info!(pool = %self.0.name, servers_closed = closed, "pool removed");

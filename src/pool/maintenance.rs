@@ -70,14 +70,13 @@ fn close_expired(pool: &Pool) {
 /// Slots for the connections `min_pool_size` still wants, as far as the budget allows.
 fn min_slots(pool: &Pool) -> usize {
     let mut state = pool.state();
-    let backing_off = (state.login.retry_at).is_some_and(|at| at > Instant::now());
-    if backing_off {
+    if !state.login.may_open(state.open, Instant::now()) {
         return 0;
     }
-    // While logins fail, one attempt per server_login_retry, as for clients.
-    let most = match state.login.failing.is_some() {
-        true => 1,
-        false => usize::MAX,
+    // While logins fail or none has succeeded yet, one attempt at a time, as for clients.
+    let most = match state.login.failing.is_none() && state.login.proven {
+        true => usize::MAX,
+        false => 1,
     };
     let mut slots = 0;
     while slots < most

@@ -160,6 +160,19 @@ struct LoginState {
     retry_at: Option<Instant>,
     /// A task will serve the waiters at `retry_at`.
     timer_armed: bool,
+    /// A login to this pool's server has succeeded at least once.
+    proven: bool,
+}
+
+impl LoginState {
+    /// Whether another connection may start opening now, with `open` already counted.
+    /// Until a first login succeeds, one at a time: a server that is down or refuses
+    /// this login sees one attempt, not one per waiting client (the waiters get its
+    /// answer). While logins fail, `retry_at` spaces the attempts as well.
+    fn may_open(&self, open: usize, now: Instant) -> bool {
+        let backing_off = self.retry_at.is_some_and(|at| at > now);
+        !backing_off && (self.proven || open == 0)
+    }
 }
 
 #[derive(Default)]
