@@ -7,6 +7,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use crate::admission::Admission;
+use crate::alerts::Alerts;
 use crate::auth::Logins;
 use crate::cancel::CancelRegistry;
 use crate::config::Config;
@@ -24,6 +25,8 @@ pub struct Context {
     /// Connections still logging in: their own budget, the longest waiting giving way.
     pub prelogin: PreLogin,
     pub refusals: Arc<Refusals>,
+    /// The alerts firing or recently resolved, for `/metrics` and `SHOW ALERTS`.
+    pub alerts: Arc<Alerts>,
     /// Per-user SCRAM salts, derived verifiers, what unknown users are made to look like.
     pub logins: Arc<Logins>,
     /// The TLS acceptor and connector in force (SIGHUP reads the files again).
@@ -44,6 +47,7 @@ impl Context {
             prelogin: PreLogin::new(&config, refusals.clone()),
             tls: Arc::new(crate::tls::Tls::new(config.tls_settings())),
             refusals,
+            alerts: Arc::default(),
             logins: Arc::new(Logins::new(
                 config.users.values().filter_map(|u| u.secret.as_ref()),
             )),

@@ -28,8 +28,10 @@
 //! - [`tls`]: rustls acceptor (clients) and connector (servers) per `sslmode`, reloadable.
 //! - [`context`]: what every client task shares.
 //! - [`refusals`]: counts of refusals by cap.
+//! - [`alerts`]: the built-in alert rules, evaluated every second over the pools' state.
 
 pub mod admission;
+pub mod alerts;
 pub mod auth;
 pub mod cancel;
 pub mod check;

@@ -26,6 +26,7 @@ const AUTHENTICATION: &str = "Authentication";
 const POOLING: &str = "Pooling";
 const SERVERS: &str = "Server connections";
 const PROCESS: &str = "Process";
+const MONITORING: &str = "Monitoring";
 
 /// 1 GiB, Postgres' own limit for one message.
 const GIB: u32 = 1 << 30;
@@ -148,6 +149,29 @@ declare! {
         workers: usize = 1; "N", PROCESS;
         /// error, warn, info, debug or trace, or tracing directives (info,pgwarden=debug).
         log_level: String = "info".to_owned(); "LEVEL", PROCESS;
+
+        /// Serve /metrics (Prometheus), /health/live, /health/ready and a status page at /
+        /// over HTTP on this address, e.g. 127.0.0.1:9930 (none: off).
+        metrics_listen: Option<String> = None; "HOST:PORT", MONITORING;
+        /// application_name values shown one by one in /metrics and the status page, the
+        /// most connected first; the rest count together as "other".
+        metrics_top_applications: usize = 10; "N", MONITORING;
+        /// Alert when every server of a pool is busy with clients waiting for longer than
+        /// this (0: off).
+        alert_pool_saturated_for: Duration = Duration::from_secs(5); "DURATION", MONITORING;
+        /// Alert when the 99th percentile of a pool's wait for a server over the last
+        /// minute is above this (0: off).
+        alert_wait_p99: Duration = Duration::from_secs(1); "DURATION", MONITORING;
+        /// Alert when a cap refused at least this many clients in the last minute (0: off).
+        alert_refusals_per_minute: usize = 10; "N", MONITORING;
+        /// Alert when at least this many server connects or logins of a pool failed in
+        /// the last minute, or its logins are failing now (0: off).
+        alert_server_failures_per_minute: usize = 1; "N", MONITORING;
+        /// Alert when a cap is used to at least this percentage of its value (0: off).
+        alert_cap_near_percent: u8 = 90; "PERCENT", MONITORING;
+        /// Alert when pinned clients hold at least this percentage of a pool's servers
+        /// (0: off).
+        alert_pinned_percent: u8 = 50; "PERCENT", MONITORING;
     }
     per_pool {
         /// When a client's server goes back to the pool: session, transaction or statement.

@@ -225,6 +225,13 @@ impl Checker {
                 self.error(key, "must be more than 0");
             }
         }
+        if let Some(entry) = &config.metrics_listen {
+            if let Err(reason) = addr::check_listen(entry) {
+                self.error("metrics_listen", reason);
+            }
+        }
+        self.at_most("alert_cap_near_percent", config.alert_cap_near_percent, 100);
+        self.at_most("alert_pinned_percent", config.alert_pinned_percent, 100);
         self.at_most("client_addr_prefix_v4", config.client_addr_prefix_v4, 32);
         self.at_most("client_addr_prefix_v6", config.client_addr_prefix_v6, 128);
         self.at_least(
