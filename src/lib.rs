@@ -28,6 +28,7 @@
 //! - [`tls`]: rustls acceptor (clients) and connector (servers) per `sslmode`, reloadable.
 //! - [`context`]: what every client task shares.
 //! - [`refusals`]: counts of refusals by cap.
+//! - [`http`]: `metrics_listen`: `/metrics`, `/health/live`, `/health/ready`, the status page.
 //! - [`alerts`]: the built-in alert rules, evaluated every second over the pools' state.
 
 pub mod admission;
@@ -39,6 +40,7 @@ pub use config::cli;
 pub mod client;
 pub mod config;
 pub mod context;
+pub mod http;
 pub mod listener;
 pub mod pool;
 pub mod prelogin;

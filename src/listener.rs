@@ -91,6 +91,8 @@ pub async fn serve(listeners: Vec<TcpListener>, ctx: Context) -> io::Result<()> 
         }
         None => (None, None),
     };
+    // Alerts and /metrics, /health: they outlive the drain, so readiness can report it.
+    let _monitoring = crate::http::start(&ctx).await?;
     for listener in listeners {
         info!(addr = %listener.local_addr()?, "listening");
         tasks.spawn(accept_tcp(

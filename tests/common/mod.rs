@@ -26,6 +26,7 @@ pub use proxy::*;
 pub mod clients;
 pub mod fake_server;
 pub mod hostile;
+pub mod http;
 pub mod identity;
 pub mod pgbench;
 pub mod prepared;
