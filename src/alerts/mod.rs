@@ -8,6 +8,7 @@
 //! - [`rules`]: each rule's check and wording; [`window`]: the last minute's counters.
 //! - [`evaluator`]: firing and resolving.
 
+pub mod apps;
 pub mod collect;
 pub mod evaluator;
 pub mod rules;
