@@ -1,5 +1,6 @@
 //! The monitoring files in `config/` hold up: the Prometheus rules pass `promtool check
-//! rules` (skipped with a message where promtool is missing), the Grafana dashboard is valid
+//! rules` and their unit tests (`promtool test rules`; skipped with a message where
+//! promtool is missing), the Grafana dashboard is valid
 //! JSON with a query per panel, and every pgwarden metric either names is one `/metrics`
 //! exports.
 
@@ -57,6 +58,28 @@ fn the_prometheus_rules_pass_promtool_check_rules() {
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "promtool check rules:\n{text}");
     assert!(text.contains("SUCCESS: 10 rules found"), "{text}");
+}
+
+/// The rules fire on series shaped like pgwarden's (config/prometheus-rules.test.yml).
+#[test]
+fn the_prometheus_rules_fire_on_their_unit_test_series() {
+    let Some(promtool) = tool(
+        "promtool",
+        "prometheus",
+        "the_prometheus_rules_fire_on_their_unit_test_series",
+    ) else {
+        return;
+    };
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let out = Command::new(promtool)
+        .current_dir(&config)
+        .args(["test", "rules", "prometheus-rules.test.yml"])
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "promtool test rules:\n{text}");
+    assert!(text.contains("SUCCESS"), "{text}");
 }
 
 #[test]
