@@ -128,8 +128,8 @@ declare! {
         server_allow_cleartext_password: bool = false; "BOOL", SERVERS;
         /// The query testing an idle server; empty for no test.
         server_check_query: String = "SELECT 1".to_owned(); "SQL", SERVERS;
-        /// TLS towards servers, as libpq's sslmode: disable, allow and prefer (TLS if the
-        /// server offers it), require (TLS, certificate not checked), verify-ca (chain checked
+        /// TLS towards servers, as libpq's sslmode: disable, allow (plaintext, TLS if the
+        /// server refuses that login), prefer (TLS if the server offers it), require (TLS, certificate not checked), verify-ca (chain checked
         /// against server_tls_ca_file), verify-full (and the host name). Not for Unix sockets.
         server_tls_sslmode: SslMode = SslMode::Prefer; "MODE", SERVERS;
         /// PEM CA certificates server certificates are checked against (verify-ca, verify-full).
