@@ -28,6 +28,8 @@
 //! - [`tls`]: rustls acceptor (clients) and connector (servers) per `sslmode`, reloadable.
 //! - [`context`]: what every client task shares.
 //! - [`refusals`]: counts of refusals by cap.
+//! - [`stats`]: per-pool counters (transactions, queries, bytes, waits) and the live
+//!   registries of clients and servers, read by the console and the metrics.
 
 pub mod admission;
 pub mod auth;
@@ -46,6 +48,7 @@ pub mod refusals;
 pub mod relay;
 pub mod server;
 pub mod shutdown;
+pub mod stats;
 pub mod stream;
 pub mod tls;
 

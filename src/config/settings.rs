@@ -148,6 +148,15 @@ declare! {
         workers: usize = 1; "N", PROCESS;
         /// error, warn, info, debug or trace, or tracing directives (info,pgwarden=debug).
         log_level: String = "info".to_owned(); "LEVEL", PROCESS;
+        /// Users who may use the admin console (database pgwarden or pgbouncer) to read
+        /// and to change things (PAUSE, KILL, SET, ...), comma-separated. They log in as
+        /// any user does (auth_type, [users], auth_file).
+        admin_users: Vec<String> = Vec::new(); "USER[,...]", PROCESS;
+        /// Users who may read the admin console (SHOW ...) but change nothing.
+        stats_users: Vec<String> = Vec::new(); "USER[,...]", PROCESS;
+        /// The period SHOW STATS' averages (avg_ columns) and the console's recent wait
+        /// percentiles are taken over.
+        stats_period: Duration = Duration::from_secs(60); "DURATION", PROCESS;
     }
     per_pool {
         /// When a client's server goes back to the pool: session, transaction or statement.

@@ -81,7 +81,7 @@ impl ServerTarget {
         }
     }
 
-    fn is_unix(&self) -> bool {
+    pub fn is_unix(&self) -> bool {
         self.host.starts_with('/')
     }
 

@@ -68,6 +68,11 @@ impl TlsStream {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The TCP socket under the encryption.
+    pub fn tcp(&self) -> &TcpStream {
+        &self.tcp
+    }
+
     /// Readable when rustls holds plaintext (or the peer's close) already, else when the
     /// socket is.
     pub fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
