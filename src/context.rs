@@ -14,6 +14,7 @@ use crate::config::Config;
 use crate::pool::Pools;
 use crate::prelogin::PreLogin;
 use crate::refusals::Refusals;
+use crate::stats::{ClientInfo, Live};
 
 #[derive(Clone)]
 pub struct Context {
@@ -35,6 +36,8 @@ pub struct Context {
     pub shutdown: CancellationToken,
     /// Cancelled when `shutdown_timeout` ran out: every session ends where it stands.
     pub abort: CancellationToken,
+    /// Every logged-in client, for SHOW CLIENTS and KILL.
+    pub clients: Live<ClientInfo>,
 }
 
 impl Context {
@@ -52,6 +55,7 @@ impl Context {
                 config.users.values().filter_map(|u| u.secret.as_ref()),
             )),
             abort: CancellationToken::new(),
+            clients: Live::default(),
             shutdown,
             config,
         }

@@ -28,6 +28,8 @@
 //! - [`tls`]: rustls acceptor (clients) and connector (servers) per `sslmode`, reloadable.
 //! - [`context`]: what every client task shares.
 //! - [`refusals`]: counts of refusals by cap.
+//! - [`stats`]: per-pool counters (transactions, queries, bytes, waits) and the live
+//!   registries of clients and servers, read by the console and the metrics.
 //! - [`http`]: `metrics_listen`: `/metrics`, `/health/live`, `/health/ready`, the status page.
 //! - [`alerts`]: the built-in alert rules, evaluated every second over the pools' state.
 
@@ -50,6 +52,7 @@ pub mod refusals;
 pub mod relay;
 pub mod server;
 pub mod shutdown;
+pub mod stats;
 pub mod stream;
 pub mod tls;
 

@@ -202,6 +202,7 @@ impl Pool {
     /// the idle list.
     pub(super) fn checkin(&self, mut server: Box<ServerConn>, who: Option<&ClientId>) {
         server.last_used = Instant::now();
+        Pool::mark_idle(&server);
         let mut state = self.state();
         self.unhold(&mut state.held, who);
         if self.0.closed.is_cancelled() {

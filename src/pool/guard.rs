@@ -23,6 +23,7 @@ pub struct PooledServer {
 
 impl PooledServer {
     pub(super) fn new(server: Box<ServerConn>, pool: Pool, who: Option<ClientId>) -> Self {
+        Pool::mark_active(&server);
         PooledServer {
             server: Some(server),
             pool,
@@ -42,11 +43,13 @@ impl PooledServer {
             return;
         };
         let settings = this.pool.settings();
+        let testing = this.pool.testing(&server);
         let reset = tokio::time::timeout(
             settings.connect_timeout,
             server.reset(&settings.reset_query),
         )
         .await;
+        drop(testing);
         match reset {
             Ok(Ok(())) => this.pool.checkin(server, this.who.as_ref()),
             Ok(Err(err)) => {

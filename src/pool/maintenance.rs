@@ -24,6 +24,7 @@ pub(super) async fn run(pool: Pool) {
         if pool.retire_if_unneeded() {
             return;
         }
+        (pool.0.counters).tick(Instant::now(), pool.0.settings.stats_period);
         close_expired(&pool);
         fill_to_minimum(&pool).await;
     }
@@ -94,15 +95,21 @@ fn min_slots(pool: &Pool) -> usize {
 
 async fn fill_to_minimum(pool: &Pool) {
     for _ in 0..min_slots(pool) {
-        match server::connect(pool.0.target.clone(), pool.0.settings.connect_timeout).await {
-            Ok(server) => {
+        let opening = pool.opening();
+        let connect = server::connect(pool.0.target.clone(), pool.0.settings.connect_timeout);
+        let outcome = connect.await;
+        drop(opening);
+        match outcome {
+            Ok(mut server) => {
                 info!(pool = %pool.0.name, server_id = server.id, reason = "min_pool_size", "server connected");
+                pool.list_server(&mut server);
                 pool.remember_login_params(&server);
                 pool.login_succeeded();
                 pool.checkin(server, None);
             }
             Err(err) => {
                 warn!(pool = %pool.0.name, cause = %err, "could not open a server for min_pool_size");
+                pool.count_failure(&err);
                 pool.login_failed(&err);
                 pool.release_slot(None);
             }
