@@ -123,6 +123,7 @@ async fn a_flood_fires_pool_saturated_naming_billing_and_resolves_when_it_stops(
     )
     .await;
     assert!(resolved.contains(" INFO "), "{resolved}");
+    eprintln!("{fired}\n{resolved}");
     let lines = proxy.output();
     let firings = lines
         .lines()

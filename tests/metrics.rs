@@ -9,6 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::http::{get, metric, tool, wait_status};
+use common::identity::{connect_as, As};
 use common::process::free_port;
 use common::{start_proxy, PgServer, Proxy};
 
@@ -60,45 +61,117 @@ fn promtool_check_metrics(page: &str, test: &str) -> Option<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn metrics_show_the_pools_and_refusals_and_pass_promtool() {
+async fn metrics_count_known_traffic_and_pass_promtool() {
     let pg = PgServer::start();
-    let (proxy, metrics) = proxy_with_metrics(&pg, "max_client_conn_per_app = 1").await;
-    let client = proxy.connect("app", "app_pw", "appdb").await;
-    client.simple_query("select 1").await.unwrap();
-    // A second client with the same (empty) application_name is refused.
-    assert!(proxy.try_connect("app", "app_pw", "appdb").await.is_err());
+    let extra = "max_client_conn_per_app = 2\nmetrics_top_applications = 1";
+    let (proxy, metrics) = proxy_with_metrics(&pg, extra).await;
+    let billing = connect_as(proxy.addr, As::app().named("billing"))
+        .await
+        .unwrap();
+    let web = connect_as(proxy.addr, As::app().named("web"))
+        .await
+        .unwrap();
+    let also_billing = connect_as(proxy.addr, As::app().named("billing"))
+        .await
+        .unwrap();
+    for _ in 0..10 {
+        billing.simple_query("select 1").await.unwrap();
+    }
+    web.batch_execute("begin; select 1; select 2; commit")
+        .await
+        .unwrap();
+    // A third billing client is refused by max_client_conn_per_app.
+    assert!(connect_as(proxy.addr, As::app().named("billing"))
+        .await
+        .is_err());
+    // One client holds a server in an open transaction.
+    also_billing.simple_query("begin").await.unwrap();
 
     let page = get(metrics, "/metrics").await;
     assert_eq!(page.status, 200);
+    let content_type = page.header("content-type").unwrap_or_default();
     assert!(
-        (page.header("content-type").unwrap_or_default()).starts_with("text/plain; version=0.0.4"),
-        "{:?}",
-        page.headers
+        content_type.starts_with("text/plain; version=0.0.4"),
+        "{content_type}"
     );
     let body = &page.body;
-    assert_eq!(metric(body, "pgwarden_pool_size", APP), Some(3.0), "{body}");
-    let idle = metric(
-        body,
-        "pgwarden_pool_servers",
-        &format!("{APP},state=\"idle\""),
+    let value = |name: &str, labels: &str| {
+        metric(body, name, labels).unwrap_or_else(|| panic!("no {name}{{{labels}}} in:\n{body}"))
+    };
+    let state = |s: &str| format!("{APP},state=\"{s}\"");
+    // 10 single-statement transactions, one of 4 statements (one ReadyForQuery), a BEGIN.
+    assert_eq!(value("pgwarden_pool_transactions_total", APP), 11.0);
+    assert_eq!(value("pgwarden_pool_queries_total", APP), 12.0);
+    let snapshot = &proxy.ctx.pools.snapshot()[0];
+    let totals = &snapshot.totals;
+    let received = value("pgwarden_pool_received_bytes_total", APP);
+    assert!(received >= 10.0 * 14.0, "{received}");
+    assert_eq!(received, totals.bytes_received as f64);
+    assert_eq!(
+        value("pgwarden_pool_sent_bytes_total", APP),
+        totals.bytes_sent as f64
     );
-    assert_eq!(idle, Some(1.0), "{body}");
-    let refused = metric(
-        body,
-        "pgwarden_refusals_total",
-        "cap=\"max_client_conn_per_app\"",
+    assert_eq!(
+        value("pgwarden_pool_wait_seconds_count", APP),
+        totals.server_assignments as f64
     );
-    assert_eq!(refused, Some(1.0), "{body}");
-    assert_eq!(metric(body, "pgwarden_ready", ""), Some(1.0), "{body}");
-    let rule = metric(body, "pgwarden_alerts_firing", "rule=\"pool_saturated\"");
-    assert_eq!(rule, Some(0.0), "{body}");
-    if let Some(lint) = promtool_check_metrics(
-        body,
-        "metrics_show_the_pools_and_refusals_and_pass_promtool",
-    ) {
+    let inf = value(
+        "pgwarden_pool_wait_seconds_bucket",
+        &format!("{APP},le=\"+Inf\""),
+    );
+    assert_eq!(inf, totals.server_assignments as f64);
+    assert_eq!(value("pgwarden_pool_client_logins_total", APP), 3.0);
+    assert_eq!(
+        value("pgwarden_pool_server_connect_failures_total", APP),
+        0.0
+    );
+    assert_eq!(value("pgwarden_pool_size", APP), 3.0);
+    assert_eq!(value("pgwarden_pool_servers", &state("active")), 1.0);
+    assert_eq!(value("pgwarden_pool_clients", &state("active")), 3.0);
+    assert_eq!(value("pgwarden_pool_clients", &state("waiting")), 0.0);
+    assert_eq!(value("pgwarden_pool_login_failing", APP), 0.0);
+    assert_eq!(
+        value("pgwarden_refusals_total", "cap=\"max_client_conn_per_app\""),
+        1.0
+    );
+    assert_eq!(
+        value("pgwarden_refusals_total", "cap=\"max_client_conn\""),
+        0.0
+    );
+    // The top application by name, the rest as other.
+    let app = |name: &str, s: &str| {
+        value(
+            "pgwarden_application_clients",
+            &format!("application=\"{name}\",state=\"{s}\""),
+        )
+    };
+    assert_eq!(
+        (app("billing", "connected"), app("other", "connected")),
+        (2.0, 1.0)
+    );
+    assert_eq!(
+        value("pgwarden_cap_used", "cap=\"max_client_conn\",scope=\"\""),
+        3.0
+    );
+    let per_app = "cap=\"max_client_conn_per_app\",scope=\"application billing\"";
+    assert_eq!(
+        (
+            value("pgwarden_cap_used", per_app),
+            value("pgwarden_cap_limit", per_app)
+        ),
+        (2.0, 2.0)
+    );
+    assert_eq!(value("pgwarden_ready", ""), 1.0);
+    assert_eq!(
+        value("pgwarden_alerts_firing", "rule=\"pool_saturated\""),
+        0.0
+    );
+    if let Some(lint) =
+        promtool_check_metrics(body, "metrics_count_known_traffic_and_pass_promtool")
+    {
         assert!(lint.trim().is_empty(), "promtool lint findings:\n{lint}");
     }
-    drop(client);
+    drop((billing, web, also_billing));
     proxy.stop().await;
 }
 

@@ -102,11 +102,38 @@ async fn the_status_page_shows_each_pool_its_use_and_the_alerts_in_chromium() {
         dom[start..start + dom[start..].find("</tr>").unwrap()].to_owned()
     };
     let appdb = row("appdb/app");
-    assert!(appdb.contains("2/2"), "both servers busy: {appdb}");
-    assert!(appdb.contains("<td>2</td>"), "two waiting: {appdb}");
+    assert!(
+        appdb.contains("<td class=\"use\">2/2 "),
+        "both servers busy: {appdb}"
+    );
+    assert!(
+        appdb.contains("<td class=\"waiting\">2</td>"),
+        "two waiting: {appdb}"
+    );
+    let top = "<td class=\"text top\">billing (4 clients from 127.0.0.9)</td>";
+    assert!(appdb.contains(top), "billing behind it: {appdb}");
     let postgres = row("postgres/app");
-    assert!(postgres.contains("0/4"), "quiet pool: {postgres}");
-    assert!(dom.contains("pool_saturated"), "{dom}");
+    assert!(
+        postgres.contains("<td class=\"use\">0/4 "),
+        "quiet pool: {postgres}"
+    );
+    assert!(
+        postgres.contains("<td class=\"idle\">1</td>"),
+        "quiet pool: {postgres}"
+    );
+    let alert = &dom[dom
+        .find("<tr class=\"alert firing\">")
+        .expect("a firing alert row")..];
+    let alert = &alert[..alert.find("</tr>").unwrap()];
+    assert!(
+        alert.contains("pool_saturated") && alert.contains("pool appdb/app 2/2 servers busy"),
+        "{alert}"
+    );
+    assert!(alert.contains("top application billing"), "{alert}");
+    assert!(
+        dom.contains("<td>billing</td><td>4</td><td>2</td>"),
+        "top applications: {dom}"
+    );
 
     let dir = tempfile::tempdir().unwrap();
     let shot = dir.path().join("status-page.png");

@@ -147,8 +147,8 @@ fn saturated(t: &Thresholds, now: Instant, pool: &PoolSample, w: &Window) -> Opt
 }
 
 fn wait_p99(t: &Thresholds, pool: &PoolSample, w: &Window) -> Option<Finding> {
-    let recent = w.waits(&pool.name(), pool.waits.as_ref()?);
-    let p99 = recent.quantile(0.99)?;
+    let recent = w.recent(&pool.name(), &pool.totals);
+    let p99 = recent.wait_quantile(0.99)?;
     if t.wait_p99.is_zero() || p99 <= t.wait_p99 {
         return None;
     }
@@ -156,7 +156,7 @@ fn wait_p99(t: &Thresholds, pool: &PoolSample, w: &Window) -> Option<Finding> {
         "wait p99 {} > {} over the last minute ({} waits, {} waiting now)",
         seconds(p99),
         seconds(t.wait_p99),
-        recent.total(),
+        recent.server_assignments,
         pool.waiting,
     );
     Some(finding(Rule::WaitP99, pool, measured))
@@ -164,7 +164,8 @@ fn wait_p99(t: &Thresholds, pool: &PoolSample, w: &Window) -> Option<Finding> {
 
 fn server_failures(t: &Thresholds, pool: &PoolSample, w: &Window) -> Option<Finding> {
     let min = t.server_failures_per_minute as u64;
-    let recent = w.failures(&pool.name(), pool.server_failures);
+    let counted = w.recent(&pool.name(), &pool.totals);
+    let recent = counted.connect_failures + counted.login_failures;
     if min == 0 || (recent < min && pool.login_failing.is_none()) {
         return None;
     }

@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use crate::stats::Totals;
+
 /// The proxy at one moment.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Sample {
@@ -29,10 +31,8 @@ pub struct PoolSample {
     pub waiting: usize,
     /// How long the client waiting longest has waited.
     pub longest_wait: Duration,
-    /// Waits for a server since start (`None` while nothing measures them).
-    pub waits: Option<WaitHistogram>,
-    /// Server connects and logins that failed, since start.
-    pub server_failures: u64,
+    /// The pool's counters since start: waits for a server, connect and login failures.
+    pub totals: Totals,
     /// While the pool's logins fail: the failure its clients are told.
     pub login_failing: Option<String>,
     /// Clients pinned to their server, and why (a client with two reasons counts twice).
@@ -52,6 +52,11 @@ impl PoolSample {
     pub fn saturated(&self) -> bool {
         self.waiting > 0 && self.idle == 0
     }
+
+    /// Server connects and logins that failed, since start.
+    pub fn server_failures(&self) -> u64 {
+        self.totals.connect_failures + self.totals.login_failures
+    }
 }
 
 /// The application behind a load: its name, its clients, and the address most of them
@@ -67,6 +72,11 @@ pub struct Holder {
 impl Holder {
     /// `top application billing (58 clients from 10.0.0.7)`.
     pub fn describe(&self) -> String {
+        format!("top application {}", self.brief())
+    }
+
+    /// `billing (58 clients from 10.0.0.7)`.
+    pub fn brief(&self) -> String {
         let name = match self.application.as_str() {
             "" => "(no application_name)",
             name => name,
@@ -75,7 +85,7 @@ impl Holder {
             Some(addr) => format!(" from {addr}"),
             None => String::new(),
         };
-        format!("top application {name} ({} clients{from})", self.clients)
+        format!("{name} ({} clients{from})", self.clients)
     }
 }
 
@@ -100,70 +110,10 @@ impl CapUse {
     }
 }
 
-/// Counts of waits by duration: `counts[i]` waits took at most `bounds[i]` seconds (and
-/// more than the bound before); the last count is for longer than every bound.
-#[derive(Debug, Clone, PartialEq)]
-pub struct WaitHistogram {
-    pub bounds: &'static [f64],
-    pub counts: Vec<u64>,
-    pub sum_seconds: f64,
-}
-
-impl WaitHistogram {
-    pub fn total(&self) -> u64 {
-        self.counts.iter().sum()
-    }
-
-    /// The waits since `earlier` (a histogram of the same pool, taken before). Counts that
-    /// went down (a pool made anew) count from zero.
-    pub fn since(&self, earlier: Option<&WaitHistogram>) -> WaitHistogram {
-        let mut counts = self.counts.clone();
-        let mut sum = self.sum_seconds;
-        if let Some(earlier) = earlier.filter(|e| e.bounds == self.bounds) {
-            if earlier.counts.iter().zip(&counts).all(|(e, n)| e <= n) {
-                for (n, e) in counts.iter_mut().zip(&earlier.counts) {
-                    *n -= e;
-                }
-                sum = (sum - earlier.sum_seconds).max(0.0);
-            }
-        }
-        WaitHistogram {
-            bounds: self.bounds,
-            counts,
-            sum_seconds: sum,
-        }
-    }
-
-    /// The `q` quantile (0..=1), interpolated inside its bucket as Prometheus'
-    /// `histogram_quantile` does; beyond the last bound, the last bound. `None` when empty.
-    pub fn quantile(&self, q: f64) -> Option<Duration> {
-        let total = self.total();
-        if total == 0 || self.bounds.is_empty() {
-            return None;
-        }
-        let rank = q.clamp(0.0, 1.0) * total as f64;
-        let mut below = 0u64;
-        for (i, &count) in self.counts.iter().enumerate() {
-            if count > 0 && (below + count) as f64 >= rank {
-                let Some(&upper) = self.bounds.get(i) else {
-                    break; // the overflow bucket
-                };
-                let lower = if i == 0 { 0.0 } else { self.bounds[i - 1] };
-                let into = ((rank - below as f64) / count as f64).clamp(0.0, 1.0);
-                return Some(Duration::from_secs_f64(lower + (upper - lower) * into));
-            }
-            below += count;
-        }
-        self.bounds.last().map(|&b| Duration::from_secs_f64(b))
-    }
-}
-
-/// `3.1 s`, `0.25 s`: durations in alert messages.
+/// `3.1 s`, `250 ms`: durations in alert messages and on the status page.
 pub fn seconds(duration: Duration) -> String {
-    let secs = duration.as_secs_f64();
-    if secs < 1.0 && secs > 0.0 {
-        format!("{secs:.2} s")
-    } else {
-        format!("{secs:.1} s")
+    match duration.as_secs_f64() {
+        secs if secs < 1.0 => format!("{} ms", duration.as_millis()),
+        secs => format!("{secs:.1} s"),
     }
 }

@@ -3,10 +3,9 @@ use std::time::{Duration, Instant};
 use proptest::prelude::*;
 
 use super::evaluator::RESOLVE_AFTER;
-use super::sample::{CapUse, Holder, PoolSample, Sample, WaitHistogram};
+use super::sample::{CapUse, Holder, PoolSample, Sample};
 use super::*;
-
-const BOUNDS: &[f64] = &[0.01, 0.1, 1.0, 10.0];
+use crate::stats::{Totals, WAIT_BUCKETS_US};
 
 fn thresholds() -> Thresholds {
     Thresholds {
@@ -154,12 +153,17 @@ fn a_zero_threshold_turns_its_rule_off() {
     assert!(changes.is_empty(), "{changes:?}");
 }
 
-fn waits(counts: [u64; 5]) -> WaitHistogram {
-    WaitHistogram {
-        bounds: BOUNDS,
-        counts: counts.to_vec(),
-        sum_seconds: 0.0,
-    }
+/// Totals with `fast` waits of 1 ms and `slow` ones of 10 s.
+fn waits(fast: u64, slow: u64) -> Totals {
+    let mut totals = Totals::default();
+    let slow_bucket = WAIT_BUCKETS_US
+        .iter()
+        .position(|&us| us == 10_000_000)
+        .unwrap();
+    totals.wait_buckets[0] = fast;
+    totals.wait_buckets[slow_bucket] = slow;
+    totals.server_assignments = fast + slow;
+    totals
 }
 
 #[test]
@@ -167,13 +171,13 @@ fn wait_p99_counts_the_last_minute_only() {
     let mut evaluator = Evaluator::new(thresholds());
     let start = Instant::now();
     let mut pool = quiet_pool();
-    // A thousand slow waits long ago, then fast ones only.
-    pool.waits = Some(waits([0, 0, 0, 1000, 0]));
+    // A thousand slow waits at first, then fast ones only.
+    pool.totals = waits(0, 1000);
     let changes = run_for(&mut evaluator, start, 0, 1, &of(vec![pool.clone()]));
     assert_eq!(changes.len(), 1, "slow waits at start fire: {changes:?}");
     assert!(
         changes[0].1.to_string().starts_with(
-            "alert wait_p99 firing: pool appdb/app wait p99 9.9 s > 1.0 s over the last \
+            "alert wait_p99 firing: pool appdb/app wait p99 10.0 s > 1.0 s over the last \
              minute (1000 waits"
         ),
         "{}",
@@ -181,7 +185,7 @@ fn wait_p99_counts_the_last_minute_only() {
     );
     let mut changes = Vec::new();
     for s in 1..120 {
-        pool.waits = Some(waits([100 * s, 0, 0, 1000, 0]));
+        pool.totals = waits(100 * s, 1000);
         let sample = of(vec![pool.clone()]);
         changes.extend(evaluator.step(start + Duration::from_secs(s), &sample));
     }
@@ -191,16 +195,22 @@ fn wait_p99_counts_the_last_minute_only() {
 }
 
 #[test]
-fn quantiles_interpolate_within_their_bucket() {
-    let h = waits([50, 49, 0, 1, 0]);
-    assert_eq!(h.quantile(0.5), Some(Duration::from_secs_f64(0.01)));
-    let p99 = h.quantile(0.99).unwrap().as_secs_f64();
-    assert!((p99 - 0.1).abs() < 1e-9, "{p99}");
-    let p100 = h.quantile(1.0).unwrap().as_secs_f64();
-    assert!((p100 - 10.0).abs() < 1e-9, "{p100}");
-    assert_eq!(waits([0; 5]).quantile(0.99), None);
-    let overflow = waits([0, 0, 0, 0, 7]);
-    assert_eq!(overflow.quantile(0.5), Some(Duration::from_secs(10)));
+fn counts_per_minute_start_again_for_a_pool_made_anew() {
+    let mut evaluator = Evaluator::new(thresholds());
+    let start = Instant::now();
+    let mut pool = quiet_pool();
+    pool.totals.login_failures = 5;
+    run_for(&mut evaluator, start, 0, 70, &of(vec![pool.clone()]));
+    // Quiet for a minute: resolved. The pool is then removed and made again; its one
+    // failure since is recent, though its count is below the one a minute ago.
+    assert!(evaluator.alerts().all(|a| !a.is_firing()));
+    pool.totals.login_failures = 1;
+    let changes = run_for(&mut evaluator, start, 70, 1, &of(vec![pool]));
+    assert_eq!(changes.len(), 1, "{changes:?}");
+    assert!(changes[0]
+        .1
+        .to_string()
+        .contains("1 server connect/login failures"));
 }
 
 #[test]
@@ -245,7 +255,7 @@ fn login_failures_fire_while_failing_and_resolve_after_a_quiet_minute() {
     let mut evaluator = Evaluator::new(thresholds());
     let start = Instant::now();
     let mut pool = quiet_pool();
-    pool.server_failures = 4;
+    pool.totals.connect_failures = 4;
     pool.login_failing = Some("FATAL 28P01 password authentication failed".into());
     let changes = run_for(&mut evaluator, start, 0, 5, &of(vec![pool.clone()]));
     assert_eq!(changes.len(), 1, "{changes:?}");
@@ -332,7 +342,10 @@ fn any_pool() -> impl Strategy<Value = PoolSample> {
             busy,
             idle,
             waiting,
-            server_failures: failures,
+            totals: Totals {
+                connect_failures: failures,
+                ..Totals::default()
+            },
             login_failing: failing.then(|| "refused".to_owned()),
             ..quiet_pool()
         },

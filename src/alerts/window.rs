@@ -4,7 +4,8 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use super::sample::{Sample, WaitHistogram};
+use super::sample::Sample;
+use crate::stats::Totals;
 
 /// What "per minute" means for the rules.
 pub const WINDOW: Duration = Duration::from_secs(60);
@@ -13,8 +14,7 @@ pub const WINDOW: Duration = Duration::from_secs(60);
 struct Counters {
     at: Instant,
     refusals: Vec<(&'static str, u64)>,
-    failures: HashMap<String, u64>,
-    waits: HashMap<String, WaitHistogram>,
+    pools: HashMap<String, Totals>,
 }
 
 #[derive(Default)]
@@ -28,20 +28,14 @@ pub struct Window {
 impl Window {
     /// Remembers `sample`'s counters (taken at `now`) and forgets what is older than needed.
     pub fn record(&mut self, now: Instant, sample: &Sample) {
-        let mut failures = HashMap::new();
-        let mut waits = HashMap::new();
-        for pool in &sample.pools {
-            failures.insert(pool.name(), pool.server_failures);
-            if let Some(histogram) = &pool.waits {
-                waits.insert(pool.name(), histogram.clone());
-            }
-        }
+        let pools = (sample.pools.iter())
+            .map(|p| (p.name(), p.totals))
+            .collect();
         self.now = Some(now);
         self.past.push_back(Counters {
             at: now,
             refusals: sample.refusals.clone(),
-            failures,
-            waits,
+            pools,
         });
         while self.past.len() > 1 && self.past[1].at + WINDOW <= now {
             self.past.pop_front();
@@ -73,23 +67,25 @@ impl Window {
         now_count.saturating_sub(before)
     }
 
-    /// Server failures of `pool` over the last minute. A pool not seen a minute ago is
-    /// new: all its failures are recent.
-    pub fn failures(&self, pool: &str, now_count: u64) -> u64 {
-        let before = self.base().and_then(|c| c.failures.get(pool)).copied();
-        match before {
-            Some(before) if before <= now_count => now_count - before,
-            _ => now_count,
+    /// What `pool` counted over the last minute. A pool not seen a minute ago is new: all
+    /// its counts are recent (and so are those of a pool made anew, counting from zero).
+    pub fn recent(&self, pool: &str, now: &Totals) -> Totals {
+        match self.base().and_then(|c| c.pools.get(pool)) {
+            Some(before) if !made_anew(before, now) => now.minus(before),
+            _ => *now,
         }
-    }
-
-    /// The waits of `pool` over the last minute.
-    pub fn waits(&self, pool: &str, now: &WaitHistogram) -> WaitHistogram {
-        now.since(self.base().and_then(|c| c.waits.get(pool)))
     }
 
     /// Since when `pool` has been saturated, sample after sample.
     pub fn saturated_since(&self, pool: &str) -> Option<Instant> {
         self.saturated_since.get(pool).copied()
     }
+}
+
+/// A counter went down: the pool was removed and made again since `before`.
+fn made_anew(before: &Totals, now: &Totals) -> bool {
+    before.server_assignments > now.server_assignments
+        || before.connect_failures > now.connect_failures
+        || before.login_failures > now.login_failures
+        || before.client_logins > now.client_logins
 }

@@ -12,12 +12,14 @@ pub fn ready(ctx: &Context) -> Result<(), String> {
     if ctx.shutdown.is_cancelled() {
         return Err("draining: pgwarden is shutting down".to_owned());
     }
-    let sample = crate::http::metrics::sample(ctx);
-    match sample.pools.iter().find(|p| p.login_failing.is_some()) {
-        Some(pool) => Err(format!(
-            "server logins of pool {} are failing: {}",
-            pool.name(),
-            pool.login_failing.as_deref().unwrap_or_default()
+    let pools = ctx.pools.snapshot();
+    match pools
+        .iter()
+        .find_map(|p| Some((p, p.login_failing.as_ref()?)))
+    {
+        Some((pool, failure)) => Err(format!(
+            "server logins of pool {}/{} are failing: {failure}",
+            pool.database, pool.user
         )),
         None => Ok(()),
     }

@@ -41,7 +41,7 @@ pub async fn start(ctx: &Context) -> io::Result<tokio_util::sync::DropGuard> {
     tokio::spawn(crate::alerts::run(
         ctx.alerts.clone(),
         crate::alerts::Thresholds::of(&ctx.config),
-        move || metrics::sample(&sampled),
+        move || metrics::gather(&sampled).sample,
         stop.clone(),
     ));
     Ok(stop.drop_guard())

@@ -4,8 +4,13 @@
 
 use std::fmt::Write;
 
+use std::collections::HashMap;
+
+use crate::alerts::apps::AppCount;
 use crate::alerts::{sample::seconds, AlertRow, Sample};
 use crate::context::Context;
+use crate::pool::PoolSnapshot;
+use crate::stats::Totals;
 
 /// How often the page reloads itself, in seconds.
 const REFRESH_SECS: u32 = 5;
@@ -18,7 +23,10 @@ td:first-child,th:first-child,td.text,th.text{text-align:left}\
 .full{background:#d54}.firing{color:#b00;font-weight:bold}.ok{color:#080}.muted{color:#888}";
 
 pub fn page(ctx: &Context) -> String {
-    let sample = super::metrics::sample(ctx);
+    let now = super::metrics::gather(ctx);
+    let recent: HashMap<String, Totals> = (ctx.pools.all().iter())
+        .map(|p| (p.name().to_owned(), p.recent_waits()))
+        .collect();
     let ready = super::health::ready(ctx);
     let mut html = String::new();
     let _ = write!(
@@ -40,8 +48,9 @@ pub fn page(ctx: &Context) -> String {
         }
     }
     html.push_str("</p>");
-    pools(&mut html, &sample);
-    caps(&mut html, &sample);
+    pools(&mut html, &now.pools, &now.sample, &recent);
+    caps(&mut html, &now.sample);
+    applications(&mut html, &now.apps.bounded);
     alerts(&mut html, &ctx.alerts.rows());
     let _ = write!(
         html,
@@ -60,28 +69,78 @@ fn bar(used: usize, limit: usize) -> String {
     format!("{used}/{limit} <span class=\"{class}\" style=\"width:{width}px\"></span>")
 }
 
-fn pools(html: &mut String, sample: &Sample) {
+fn pools(
+    html: &mut String,
+    pools: &[PoolSnapshot],
+    sample: &Sample,
+    recent: &HashMap<String, Totals>,
+) {
     html.push_str(
-        "<h2>Pools</h2><table id=\"pools\"><tr><th>pool</th><th>servers busy / pool_size</th>\
-         <th>idle</th><th>waiting</th><th>longest wait</th><th>pinned</th>\
+        "<h2>Pools</h2><table id=\"pools\"><tr><th>pool</th><th>mode</th>\
+         <th>servers in use / pool_size</th><th>idle</th><th>opening</th><th>clients</th>\
+         <th>waiting</th><th>longest wait</th><th>wait p50</th><th>wait p99</th><th>pinned</th>\
          <th class=\"text\">top application</th></tr>",
     );
-    if sample.pools.is_empty() {
-        html.push_str("<tr><td colspan=\"7\" class=\"muted\">no pool yet</td></tr>");
+    if pools.is_empty() {
+        html.push_str("<tr><td colspan=\"12\" class=\"muted\">no pool yet</td></tr>");
     }
-    for p in &sample.pools {
-        let top = p.top.as_ref().map_or_else(String::new, |h| h.describe());
+    let quantile = |t: Option<&Totals>, q| {
+        t.and_then(|t| t.wait_quantile(q))
+            .map_or_else(|| "-".to_owned(), seconds)
+    };
+    for (p, s) in pools.iter().zip(&sample.pools) {
+        let name = format!("{}/{}", p.database, p.user);
+        let waits = recent.get(&name);
+        let top = s.top.as_ref().map_or_else(String::new, |h| h.brief());
+        let failing = (p.login_failing.as_ref()).map_or_else(String::new, |f| {
+            format!(
+                "<br><span class=\"firing\">logins failing: {}</span>",
+                escape(f)
+            )
+        });
         let _ = write!(
             html,
-            "<tr class=\"pool\" data-pool=\"{name}\"><td>{name}</td><td>{}</td><td>{}</td>\
-             <td>{}</td><td>{}</td><td>{}</td><td class=\"text\">{}</td></tr>",
-            bar(p.busy, p.size),
-            p.idle,
-            p.waiting,
-            seconds(p.longest_wait),
+            "<tr class=\"pool\" data-pool=\"{}\"><td>{}{failing}</td><td>{}</td>\
+             <td class=\"use\">{}</td><td class=\"idle\">{}</td><td>{}</td><td>{}</td>\
+             <td class=\"waiting\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
+             <td class=\"text top\">{}</td></tr>",
+            escape(&name),
+            escape(&name),
+            crate::config::value::Value::show(&p.mode),
+            bar(s.busy, p.settings.size),
+            s.idle,
+            p.servers.login,
+            p.cl_active + p.cl_waiting,
+            p.cl_waiting,
+            seconds(p.maxwait),
+            quantile(waits, 0.5),
+            quantile(waits, 0.99),
             p.pinned,
             escape(&top),
-            name = escape(&p.name()),
+        );
+    }
+    html.push_str("</table>");
+}
+
+fn applications(html: &mut String, apps: &[AppCount]) {
+    html.push_str(
+        "<h2>Top applications</h2><table id=\"applications\"><tr>\
+         <th>application_name</th><th>clients</th><th>waiting</th></tr>",
+    );
+    if apps.is_empty() {
+        html.push_str("<tr><td colspan=\"3\" class=\"muted\">no client</td></tr>");
+    }
+    for app in apps {
+        let name = match app.application.as_str() {
+            "" => "(none)",
+            name => name,
+        };
+        let _ = write!(
+            html,
+            "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
+            escape(name),
+            app.connected,
+            app.waiting
         );
     }
     html.push_str("</table>");
