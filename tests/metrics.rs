@@ -248,3 +248,30 @@ async fn unknown_paths_are_404_and_other_methods_405() {
     stream.read_to_string(&mut answer).await.unwrap();
     assert!(answer.starts_with("HTTP/1.1 405"), "{answer}");
 }
+
+/// application_name is the client's to choose: in /metrics it stays inside its label
+/// (escaped as the format says, still parsed by promtool), and on the status page it is text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_application_names_stay_inside_their_label_and_their_cell() {
+    let pg = PgServer::start();
+    let (proxy, metrics) = proxy_with_metrics(&pg, "").await;
+    let name = "a\"b\\c\nd} 9\n<script>x</script>";
+    let client = connect_as(proxy.addr, As::app().named(name)).await.unwrap();
+    client.simple_query("select 1").await.unwrap();
+
+    let body = get(metrics, "/metrics").await.body;
+    let escaped = "application=\"a\\\"b\\\\c\\nd} 9\\n<script>x</script>\",state=\"connected\"";
+    assert_eq!(
+        metric(&body, "pgwarden_application_clients", escaped),
+        Some(1.0),
+        "{body}"
+    );
+    promtool_check_metrics(
+        &body,
+        "hostile_application_names_stay_inside_their_label_and_their_cell",
+    );
+    let page = get(metrics, "/").await.body;
+    assert!(!page.contains("<script>"), "{page}");
+    assert!(page.contains("&lt;script&gt;x&lt;/script&gt;"), "{page}");
+    drop(client);
+}

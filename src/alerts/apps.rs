@@ -1,6 +1,6 @@
 //! Who is behind a load: the connected clients tallied by `application_name`, per pool (the
 //! application holding or waiting for most of it, and the address most of its clients come
-//! from) and overall (the top N names by clients, the rest as `other`, so the metrics stay
+//! from; else the one with most clients) and overall (the top N names by clients, the rest as `other`, so the metrics stay
 //! bounded whatever names clients make up).
 
 use std::collections::HashMap;
@@ -41,7 +41,8 @@ pub struct AppCount {
 /// The tally of every connected client.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Apps {
-    /// Per pool (database, user): the application holding or waiting for most of it.
+    /// Per pool (database, user): the application holding or waiting for most of it (with
+    /// nobody holding or waiting: the one with most clients connected).
     pub per_pool: HashMap<(String, String), Holder>,
     /// The application with the most clients overall.
     pub top: Option<Holder>,
@@ -103,9 +104,12 @@ pub fn tally<'a>(clients: impl IntoIterator<Item = ClientView<'a>>, top_n: usize
         pool.entry(client.application).or_default().add(&client);
     }
     let per_pool = pools.iter().filter_map(|((database, user), apps)| {
-        let (name, tally) = leader(apps, |t| t.busy)?;
         let key = (database.to_string(), user.to_string());
-        Some((key, tally.holder(name, tally.busy)))
+        if let Some((name, tally)) = leader(apps, |t| t.busy) {
+            return Some((key, tally.holder(name, tally.busy)));
+        }
+        let (name, tally) = leader(apps, |t| t.connected)?;
+        Some((key, tally.holder(name, tally.connected)))
     });
     let top = leader(&overall, |t| t.connected).map(|(name, t)| t.holder(name, t.connected));
     Apps {
@@ -176,10 +180,14 @@ mod tests {
     }
 
     #[test]
-    fn an_idle_pool_has_no_one_behind_it() {
-        let apps = tally(vec![client("web", "10.0.0.1", Use::Idle)], 10);
-        assert!(apps.per_pool.is_empty());
-        assert_eq!(apps.top.map(|h| h.clients), Some(1));
+    fn behind_an_idle_pool_are_its_most_connected() {
+        let mut clients = vec![client("web", "10.0.0.1", Use::Idle); 2];
+        clients.push(client("cron", "10.0.0.2", Use::Idle));
+        let apps = tally(clients, 10);
+        let holder = &apps.per_pool[&("appdb".to_owned(), "app".to_owned())];
+        assert_eq!(holder.brief(), "web (2 clients from 10.0.0.1)");
+        assert_eq!(apps.top.map(|h| h.clients), Some(2));
+        assert!(tally(Vec::new(), 10).per_pool.is_empty());
     }
 
     proptest! {
