@@ -275,3 +275,27 @@ async fn hostile_application_names_stay_inside_their_label_and_their_cell() {
     assert!(page.contains("&lt;script&gt;x&lt;/script&gt;"), "{page}");
     drop(client);
 }
+
+/// The monitoring port serves 64 connections at once: a 65th is closed at once, and the
+/// places come back when those connections go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_monitoring_port_serves_a_bounded_number_of_connections() {
+    use tokio::io::AsyncReadExt;
+    let pg = PgServer::start();
+    let (_proxy, metrics) = proxy_with_metrics(&pg, "").await;
+    let mut silent = Vec::new();
+    for _ in 0..64 {
+        silent.push(tokio::net::TcpStream::connect(metrics).await.unwrap());
+    }
+    // Each silent connection has been accepted once a later one is answered or closed.
+    let mut extra = tokio::net::TcpStream::connect(metrics).await.unwrap();
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(Duration::from_secs(5), extra.read(&mut byte)).await;
+    assert!(
+        matches!(read, Ok(Ok(0))),
+        "the 65th connection is closed: {read:?}"
+    );
+    drop(silent);
+    let live = wait_status(metrics, "/health/live", 200).await;
+    assert_eq!(live.body, "live\n");
+}

@@ -13,20 +13,29 @@ pub mod status;
 
 use std::convert::Infallible;
 use std::io;
+use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::context::Context;
 
 type Reply = Response<Full<Bytes>>;
+
+/// Monitoring connections served at once; past this a new one is closed at once, so a
+/// flood of them costs a bounded number of tasks.
+const MAX_CONNECTIONS: usize = 64;
+/// How long a connection may take to send a request's head (slow clients hold a place).
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Starts the alert rules and, with `metrics_listen`, the HTTP listener (bound before this
 /// returns, so a taken port fails the start). Both stop when the returned guard drops: the
@@ -62,6 +71,7 @@ pub async fn serve(listener: TcpListener, ctx: Context, stop: CancellationToken)
     if let Ok(addr) = listener.local_addr() {
         info!(addr = %addr, "serving metrics and health");
     }
+    let places = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let accepted = tokio::select! {
             _ = stop.cancelled() => return,
@@ -71,9 +81,13 @@ pub async fn serve(listener: TcpListener, ctx: Context, stop: CancellationToken)
             Ok(accepted) => accepted,
             Err(err) => {
                 warn!(cause = %err, "failed to accept a metrics connection");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
+        };
+        let Ok(place) = places.clone().try_acquire_owned() else {
+            debug!(peer = %peer, "too many metrics connections; closing one");
+            continue;
         };
         let ctx = ctx.clone();
         let stop = stop.clone();
@@ -83,6 +97,8 @@ pub async fn serve(listener: TcpListener, ctx: Context, stop: CancellationToken)
                 async move { Ok::<_, Infallible>(reply) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
                 .serve_connection(TokioIo::new(socket), service);
             tokio::select! {
                 result = conn => if let Err(err) = result {
@@ -90,6 +106,7 @@ pub async fn serve(listener: TcpListener, ctx: Context, stop: CancellationToken)
                 },
                 _ = stop.cancelled() => {}
             }
+            drop(place);
         });
     }
 }
