@@ -41,7 +41,9 @@ impl PooledServer {
         let Some(mut server) = this.server.take() else {
             return;
         };
-        let settings = this.pool.settings();
+        // The settings as an Arc: held across the reset's await.
+        let spec = this.pool.0.spec.load_full();
+        let settings = &spec.settings;
         let reset = tokio::time::timeout(
             settings.connect_timeout,
             server.reset(&settings.reset_query),

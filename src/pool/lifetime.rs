@@ -92,7 +92,7 @@ impl Pool {
     /// lock, so no lease can be taken meanwhile.
     fn mark_retired(&self, now: Instant) -> bool {
         let never_logged_in = self.login_params().is_none();
-        let auto_idle = self.0.settings.autodb_idle_timeout;
+        let auto_idle = self.spec().settings.autodb_idle_timeout;
         let mut state = self.state();
         if state.clients > 0 || state.retired {
             return false;
@@ -100,7 +100,7 @@ impl Pool {
         let unused_too_long = auto_idle.filter(|t| !t.is_zero()).is_some_and(|timeout| {
             (state.unused_since).is_some_and(|since| now.duration_since(since) >= timeout)
         });
-        let go = (never_logged_in && state.open == 0) || unused_too_long;
+        let go = (never_logged_in && state.open == 0) || unused_too_long || state.orphaned;
         state.retired |= go;
         go
     }

@@ -30,7 +30,8 @@ pub(super) async fn run(pool: Pool) {
 }
 
 fn close_expired(pool: &Pool) {
-    let settings = &pool.0.settings;
+    let spec = pool.spec();
+    let settings = &spec.settings;
     let now = Instant::now();
     let mut closed = 0;
     {
@@ -60,7 +61,7 @@ fn close_expired(pool: &Pool) {
     }
     let mut starved = false;
     for _ in 0..closed {
-        starved |= pool.0.budget.close(&pool.0.account);
+        starved |= pool.0.budget.close(&spec.account);
     }
     if starved {
         pool.0.budget.wake();
@@ -69,6 +70,7 @@ fn close_expired(pool: &Pool) {
 
 /// Slots for the connections `min_pool_size` still wants, as far as the budget allows.
 fn min_slots(pool: &Pool) -> usize {
+    let spec = pool.spec();
     let mut state = pool.state();
     if !state.login.may_open(state.open, Instant::now()) {
         return 0;
@@ -80,21 +82,25 @@ fn min_slots(pool: &Pool) -> usize {
     };
     let mut slots = 0;
     while slots < most
-        && state.open < pool.0.settings.min_size
-        && pool.0.budget.open(&pool.0.account, None).is_ok()
+        && state.open < spec.settings.min_size
+        && pool.0.budget.open(&spec.account, None).is_ok()
     {
         state.open += 1;
         slots += 1;
     }
     if slots > 0 && state.login.failing.is_some() {
-        state.login.retry_at = Some(Instant::now() + pool.0.settings.login_retry);
+        state.login.retry_at = Some(Instant::now() + spec.settings.login_retry);
     }
     slots
 }
 
 async fn fill_to_minimum(pool: &Pool) {
     for _ in 0..min_slots(pool) {
-        match server::connect(pool.0.target.clone(), pool.0.settings.connect_timeout).await {
+        let (target, timeout) = {
+            let spec = pool.spec();
+            (spec.target.clone(), spec.settings.connect_timeout)
+        };
+        match server::connect(target, timeout).await {
             Ok(server) => {
                 info!(pool = %pool.0.name, server_id = server.id, reason = "min_pool_size", "server connected");
                 pool.remember_login_params(&server);
