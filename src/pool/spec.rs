@@ -103,7 +103,11 @@ impl Pool {
                 state.held.clear(); // no longer counted: stale counts must not block later
             }
             if repointed {
-                state.login = Default::default();
+                // The new server gets a fresh attempt. `proven` stays: unproven means one
+                // opening at a time while `open` is zero, and the servers of the old
+                // endpoint still held keep `open` above zero until they come back.
+                state.login.failing = None;
+                state.login.retry_at = None;
                 *self
                     .0
                     .login_params
@@ -124,7 +128,11 @@ impl Pool {
             state.open -= closed.len();
             closed
         };
-        self.closed_idle(extra, "configuration reloaded");
+        let reason = match repointed {
+            true => "its route now leads elsewhere (reload)",
+            false => "pool_size lowered (reload)",
+        };
+        self.closed_idle(extra, reason);
         self.serve_waiters();
         outcome
     }
@@ -143,6 +151,7 @@ impl Pool {
     }
 
     /// Gives back the budget of idle servers already taken out of the pool's count.
+    #[allow(clippy::vec_box)] // the idle list's own boxes, moved out as they are
     fn closed_idle(&self, servers: Vec<Box<ServerConn>>, reason: &str) {
         let account = self.spec().account.clone();
         let mut starved = false;
