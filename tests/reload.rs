@@ -76,7 +76,7 @@ async fn a_bigger_pool_under_pgbench_fails_no_transaction_and_shows_in_pg_stat_a
     let script = proxy.dir.path().join("tx.sql");
     std::fs::write(
         &script,
-        "BEGIN;\nSELECT pg_sleep(0.005);\nSELECT 1;\nCOMMIT;\n",
+        "BEGIN;\nSELECT pg_sleep(0.02);\nSELECT 1;\nCOMMIT;\n",
     )
     .unwrap();
     let script = script.to_str().unwrap().to_owned();
@@ -272,5 +272,40 @@ async fn an_invalid_configuration_is_refused_with_its_reasons_and_the_old_one_st
         "{log}"
     );
     drop((client, other));
+    proxy.assert_healthy_as("app", "appdb").await;
+}
+
+#[tokio::test]
+async fn a_smaller_pool_closes_its_surplus_as_servers_come_back_never_mid_transaction() {
+    let pg = tokio::task::spawn_blocking(PgServer::start).await.unwrap();
+    let proxy = Pgwarden::with_config(&trust_config(&pg, 3, "")).await;
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        let client = proxy.connect_app().await;
+        client.batch_execute("BEGIN").await.unwrap();
+        assert_eq!(value(&client, "SELECT 'in'::text").await, "in");
+        clients.push(client);
+    }
+    pg.wait_backends("app", 3).await;
+    let log = reload(&proxy, &trust_config(&pg, 1, "")).await;
+    assert!(log.contains("pool_size 3 -> 1"), "{log}");
+    // Nobody is cut: every transaction goes on and commits.
+    for client in &clients {
+        assert_eq!(value(client, "SELECT 'still'::text").await, "still");
+        client.batch_execute("COMMIT").await.unwrap();
+    }
+    pg.wait_backends("app", 1).await;
+    assert!(
+        proxy
+            .output()
+            .contains("reason=\"pool_size lowered (reload)\""),
+        "{}",
+        proxy.output()
+    );
+    for client in &clients {
+        assert_eq!(value(client, "SELECT 'after'::text").await, "after");
+    }
+    assert_eq!(pg.backend_count("app").await, 1);
+    drop(clients);
     proxy.assert_healthy_as("app", "appdb").await;
 }

@@ -207,12 +207,19 @@ impl Pool {
             return self.discard(server, "its route now leads elsewhere (reload)", who);
         }
         server.last_used = Instant::now();
+        let spec = self.spec();
         let mut state = self.state();
         self.unhold(&mut state.held, who);
-        if self.0.closed.is_cancelled() {
+        // Above the pool's limits only after a reload lowered them: the surplus goes.
+        let settings = &spec.settings;
+        let surplus = state.open > (settings.size + settings.reserve_size).max(settings.min_size);
+        if self.0.closed.is_cancelled() || surplus {
+            if surplus {
+                info!(pool = %self.0.name, server_id = server.id, reason = "pool_size lowered (reload)", "server closed");
+            }
             drop(server);
             state.open -= 1;
-            let starved = self.0.budget.close(&self.spec().account);
+            let starved = self.0.budget.close(&spec.account);
             drop(state);
             if starved {
                 self.0.budget.wake();
