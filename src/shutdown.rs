@@ -27,6 +27,8 @@ pub enum Mode {
     /// Wait for running transactions, closing each client at its next idle point
     /// (`SIGINT`; PgBouncer's `WAIT_FOR_SERVERS`).
     WaitForServers,
+    /// Close every session where it stands, then exit (the console's plain `SHUTDOWN`).
+    Immediate,
 }
 
 impl fmt::Display for Mode {
@@ -34,22 +36,29 @@ impl fmt::Display for Mode {
         f.write_str(match self {
             Mode::WaitForClients => "waiting for clients to disconnect",
             Mode::WaitForServers => "waiting for running transactions, closing idle clients",
+            Mode::Immediate => "closing every session now",
         })
     }
 }
 
 /// Starts (or hardens) a shutdown: from now on new logins are refused. `WaitForServers`
-/// after `WaitForClients` closes the clients at their next idle point; the reverse does
-/// not let them stay.
+/// after `WaitForClients` closes the clients at their next idle point; a softer mode
+/// after a harder one changes nothing.
 pub fn request(ctx: &Context, mode: Mode) {
     ctx.draining_token().cancel();
-    if mode == Mode::WaitForServers {
+    if mode != Mode::WaitForClients {
         ctx.shutdown.cancel();
+    }
+    if mode == Mode::Immediate {
+        ctx.abort.cancel();
     }
 }
 
 /// The mode a shutdown under way is in (`None` before one starts).
 pub fn mode(ctx: &Context) -> Option<Mode> {
+    if ctx.abort.is_cancelled() {
+        return Some(Mode::Immediate);
+    }
     match (ctx.draining(), ctx.shutdown.is_cancelled()) {
         (_, true) => Some(Mode::WaitForServers),
         (true, false) => Some(Mode::WaitForClients),
@@ -121,6 +130,9 @@ mod tests {
         assert_eq!(mode(&ctx), Some(Mode::WaitForServers));
         request(&ctx, Mode::WaitForClients);
         assert_eq!(mode(&ctx), Some(Mode::WaitForServers), "never softened");
+        request(&ctx, Mode::Immediate);
+        assert!(ctx.abort.is_cancelled());
+        assert_eq!(mode(&ctx), Some(Mode::Immediate));
     }
 
     #[test]
