@@ -33,8 +33,8 @@ pub struct Context {
     pub logins: Arc<Logins>,
     /// The TLS acceptor and connector in force (a reload reads the files again).
     pub tls: Arc<crate::tls::Tls>,
-    /// Cancelled when sessions must end at their next idle point (SIGINT, or shutdown
-    /// after `shutdown_timeout` of SIGTERM… see [`crate::shutdown`]). Implies draining.
+    /// Cancelled when sessions must end at their next idle point (SIGINT, the end of an
+    /// in-process server; see [`crate::shutdown`]). Implies draining.
     pub shutdown: CancellationToken,
     /// Cancelled when `shutdown_timeout` ran out: every session ends where it stands.
     pub abort: CancellationToken,

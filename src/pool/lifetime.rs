@@ -1,7 +1,8 @@
 //! When a pool goes. Clients hold a [`PoolLease`] for as long as they use a pool; when the
 //! last one leaves, a pool whose server login never succeeded is removed at once (a
 //! made-up database name must not leave a pool behind), and a pool made for the wildcard
-//! route is removed once unused for `autodb_idle_timeout`. A removed pool stops its
+//! route is removed once unused for `autodb_idle_timeout`, and a pool whose route or user
+//! a reload removed goes with its last client ([`Pool::orphan`]). A removed pool stops its
 //! maintenance, closes its idle servers (releasing their caps) and accepts no lease; a
 //! client arriving meanwhile gets a fresh pool. A login failure still fresh is remembered
 //! by key, so a new pool for the same name keeps failing fast instead of trying again.
