@@ -16,6 +16,7 @@ use crate::config::Config;
 use crate::pool::Pools;
 use crate::prelogin::PreLogin;
 use crate::refusals::Refusals;
+use crate::stats::{ClientInfo, Live};
 
 #[derive(Clone)]
 pub struct Context {
@@ -38,13 +39,15 @@ pub struct Context {
     pub shutdown: CancellationToken,
     /// Cancelled when `shutdown_timeout` ran out: every session ends where it stands.
     pub abort: CancellationToken,
+    /// Every logged-in client, for SHOW CLIENTS and KILL.
+    pub clients: Live<ClientInfo>,
     /// What a reload changes and what shutdown starts with; one pointer, so that a client
     /// task's copy of the context stays small.
-    pub live: Arc<Live>,
+    pub control: Arc<Control>,
 }
 
 /// The process-wide state behind reloads and draining.
-pub struct Live {
+pub struct Control {
     /// The configuration in force; a reload swaps it whole.
     config: ArcSwap<Config>,
     /// Where a reload reads the configuration from.
@@ -88,12 +91,13 @@ impl Context {
                 config.users.values().filter_map(|u| u.secret.as_ref()),
             )),
             abort: CancellationToken::new(),
-            live: Arc::new(Live {
+            control: Arc::new(Control {
                 config: ArcSwap::new(config.clone()),
                 source,
                 reloading: Mutex::new(()),
                 draining: shutdown.child_token(),
             }),
+            clients: Live::default(),
             shutdown,
             config,
         }
@@ -102,7 +106,7 @@ impl Context {
     /// The configuration in force now (a reload may have replaced the one this context
     /// started with).
     pub fn current_config(&self) -> Arc<Config> {
-        self.live.config.load_full()
+        self.control.config.load_full()
     }
 
     /// This context for a client connecting now: its snapshot of the configuration is
@@ -116,16 +120,16 @@ impl Context {
 
     /// Whether pgwarden is shutting down: new logins are refused, readiness is unready.
     pub fn draining(&self) -> bool {
-        self.live.draining.is_cancelled()
+        self.control.draining.is_cancelled()
     }
 
     /// Cancelled when draining starts (for whoever waits for it: readiness, listeners).
     pub fn draining_token(&self) -> &CancellationToken {
-        &self.live.draining
+        &self.control.draining
     }
 }
 
-impl Live {
+impl Control {
     pub(crate) fn source(&self) -> &Source {
         &self.source
     }

@@ -31,6 +31,8 @@
 //! - [`tls`]: rustls acceptor (clients) and connector (servers) per `sslmode`, reloadable.
 //! - [`context`]: what every client task shares.
 //! - [`refusals`]: counts of refusals by cap.
+//! - [`stats`]: per-pool counters (transactions, queries, bytes, waits) and the live
+//!   registries of clients and servers, read by the console and the metrics.
 
 pub mod admission;
 pub mod auth;
@@ -50,6 +52,7 @@ pub mod relay;
 pub mod reload;
 pub mod server;
 pub mod shutdown;
+pub mod stats;
 pub mod stream;
 pub mod tls;
 

@@ -48,12 +48,12 @@ pub enum ReloadError {
 /// outcome: what changed at INFO, what needs a restart and every refusal reason at WARN.
 pub fn reload(ctx: &Context) -> Result<ReloadReport, ReloadError> {
     let _one_at_a_time = ctx
-        .live
+        .control
         .reloading
         .lock()
         .unwrap_or_else(PoisonError::into_inner);
     let old = ctx.current_config();
-    let read = match ctx.live.source() {
+    let read = match ctx.control.source() {
         Source::Flags(cli) => crate::config::load(cli),
         Source::Fixed => Ok((*old).clone()),
     };
@@ -88,7 +88,7 @@ fn apply(ctx: &Context, old: &Config, mut new: Config) -> Result<ReloadReport, C
     let new = Arc::new(new);
     // Stored before the pools are reconfigured: a pool made meanwhile is made from the new
     // configuration, or is found and reconfigured below.
-    ctx.live.store(new.clone());
+    ctx.control.store(new.clone());
     let pools = ctx.pools.reconfigure(old, &new, &ctx.tls);
     audit(&new);
     Ok(ReloadReport {

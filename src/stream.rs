@@ -142,6 +142,15 @@ impl Stream {
         let _ = socket.shutdown(std::net::Shutdown::Write);
     }
 
+    /// This end's TCP address (`None` for a Unix socket), for SHOW CLIENTS and SERVERS.
+    pub fn local_addr(&self) -> Option<std::net::SocketAddr> {
+        match self {
+            Stream::Tcp(s) => s.local_addr().ok(),
+            Stream::Unix(_) => None,
+            Stream::Tls(s) => s.tcp().local_addr().ok(),
+        }
+    }
+
     /// True if the peer has closed or sent something unasked; used on idle servers, which
     /// must have nothing to say.
     pub fn has_pending_input(&self) -> bool {

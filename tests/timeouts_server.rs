@@ -140,12 +140,11 @@ async fn cancel_swallowing_hop(pg_port: u16) -> u16 {
                 }
                 // pgwarden asks for TLS first (server_tls_sslmode = prefer), cancels too, as
                 // libpq does: answer as a Postgres without TLS and read what comes next.
-                if head[4..] == 80_877_103u32.to_be_bytes() {
-                    if socket.write_all(b"N").await.is_err()
-                        || socket.read_exact(&mut head).await.is_err()
-                    {
-                        return;
-                    }
+                if head[4..] == 80_877_103u32.to_be_bytes()
+                    && (socket.write_all(b"N").await.is_err()
+                        || socket.read_exact(&mut head).await.is_err())
+                {
+                    return;
                 }
                 if head[4..] == CANCEL_REQUEST.to_be_bytes() {
                     let mut sink = [0u8; 64];

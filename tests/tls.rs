@@ -357,3 +357,46 @@ async fn sighup_reads_the_certificates_again_and_keeps_the_old_ones_on_failure()
     assert_eq!(psql(proxy.port, &verify, "SELECT 1"), Ok("1".to_owned()));
     proxy.assert_healthy().await;
 }
+
+#[tokio::test]
+async fn server_allow_logs_in_over_plaintext_and_over_tls_when_plaintext_is_refused() {
+    let certs = Certs::new();
+    let (pg, proxy) = start(&certs, "disable", "allow", "ca.crt").await;
+    // allow: plaintext first, as libpq.
+    assert_eq!(
+        psql(proxy.port, "sslmode=disable", ENCRYPTED),
+        Ok("f".to_owned())
+    );
+
+    // Postgres now refuses plaintext TCP logins: a new server connection is made over TLS.
+    pg.prepend_hba("hostnossl all all 127.0.0.1/32 reject");
+    let deadline = std::time::Instant::now() + ANSWER;
+    while psql(pg.port, "sslmode=disable", "SELECT 1").is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pg_hba.conf not reloaded"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let extra = certs.settings("disable", "allow", "ca.crt");
+    let fresh = Pgwarden::with_config(&config(pg.port, "session", 4, &extra)).await;
+    assert_eq!(
+        psql(fresh.port, "sslmode=disable", ENCRYPTED),
+        Ok("t".to_owned()),
+        "{}",
+        fresh.output_tail(20)
+    );
+    // disable: Postgres refuses the plaintext login, and the client sees why.
+    let extra = certs.settings("disable", "disable", "ca.crt");
+    let plain = Pgwarden::with_config(&config(pg.port, "session", 4, &extra)).await;
+    let refused = psql(plain.port, "sslmode=disable", "SELECT 1").unwrap_err();
+    assert!(refused.contains("no encryption"), "{refused}");
+    assert!(
+        !plain.output().contains("panicked at"),
+        "{}",
+        plain.output()
+    );
+    for proxy in [proxy, fresh] {
+        proxy.assert_healthy().await;
+    }
+}

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use bytes::BytesMut;
+use futures_util::future::AbortHandle;
 use pgwire::messages::startup::Authentication;
 use tokio::io::AsyncWriteExt;
 
@@ -23,10 +24,19 @@ use crate::protocol::{messages, PgError, TransactionStatus};
 use crate::relay::Session;
 use crate::server::params::client_parameters;
 use crate::server::ServerError;
+use crate::stats::live::ClientLogin;
+use crate::stats::ClientInfo;
 use crate::stream::Stream;
 
 /// SQLSTATE Postgres uses for a bad startup option value.
 const INVALID_PARAMETER_VALUE: &str = "22023";
+
+/// A logged-in client: its session and its places under the client caps.
+pub struct LoggedIn {
+    pub session: Session,
+    /// Its places under `max_client_conn` and the per-identity caps, until dropped.
+    pub slots: Slots,
+}
 
 /// Logs a client in; the [`Slots`] it gets hold its places under `max_client_conn` and the
 /// per-identity client caps until dropped (they are taken only once it has authenticated,
@@ -38,7 +48,7 @@ pub async fn login(
     startup: &Startup,
     peer: Option<SocketAddr>,
     place: Place,
-) -> Result<(Session, Slots), ClientError> {
+) -> Result<LoggedIn, ClientError> {
     // The configuration in force as the login starts (a reload may have come since the
     // client connected).
     let config = &*ctx.current_config();
@@ -91,6 +101,23 @@ pub async fn login(
         None => first_login_params(&pool, &wanted, &who).await?,
     };
     let cancel = ctx.cancels.register();
+    let (kill, killed) = AbortHandle::new_pair();
+    let listing = ctx.clients.list(|id| {
+        let login = ClientLogin {
+            user: startup.user.clone(),
+            database: startup.database.clone(),
+            application_name: client.application.to_owned(),
+            addr: peer,
+            local: stream.local_addr(),
+            tls: stream.is_encrypted(),
+            identity: who.to_string(),
+            cancel_pid: cancel.key.pid,
+            console: false,
+            kill,
+        };
+        ClientInfo::new(id, login)
+    });
+    pool.counters().client_logged_in();
     stream.write_all(&login_ok(&reported, &cancel)).await?;
     let strings = (reported.get("standard_conforming_strings"))
         .map_or(Strings::Standard, |v| Strings::from_setting(v.as_bytes()));
@@ -103,8 +130,10 @@ pub async fn login(
         who,
         strings,
         scannable,
+        listing,
+        killed,
     };
-    Ok((session, slots))
+    Ok(LoggedIn { session, slots })
 }
 
 /// The parameters a client is told at login, from a pool that has none cached yet: a real

@@ -94,12 +94,12 @@ pub fn serve(
             return;
         };
         let Admitted {
-            session,
-            slots,
+            logged_in,
             user,
             peer,
             buf,
         } = admitted;
+        let login::LoggedIn { session, slots } = logged_in;
         let reason = crate::relay::run(&stream, buf, session, &ctx).await;
         drop(slots);
         info!(%peer, user = %user, reason = %reason, "client disconnected");
@@ -108,9 +108,7 @@ pub fn serve(
 
 /// A client that logged in, and what its session starts with.
 struct Admitted {
-    session: crate::relay::Session,
-    /// Its places under the per-identity caps, held until it leaves.
-    slots: crate::admission::Slots,
+    logged_in: login::LoggedIn,
     user: String,
     peer: String,
     /// What it sent after its login messages.
@@ -134,9 +132,8 @@ async fn admit(
         why = eviction.wait() => Err(Failure { err: ClientError::GaveWay(why), user: None }),
     };
     match outcome {
-        Ok(Some((user, session, slots))) => Some(Admitted {
-            session,
-            slots,
+        Ok(Some((user, logged_in))) => Some(Admitted {
+            logged_in,
             user,
             peer,
             buf,
@@ -170,7 +167,7 @@ async fn log_in(
     peer_addr: Option<SocketAddr>,
     place: Place,
     peer: &str,
-) -> Result<Option<(String, crate::relay::Session, crate::admission::Slots)>, Failure> {
+) -> Result<Option<(String, login::LoggedIn)>, Failure> {
     let login_timeout = ctx.config.client_login_timeout;
     let hello = Box::pin(handshake::with_deadline(
         login_timeout,
@@ -191,7 +188,7 @@ async fn log_in(
     }
     let login = login::login(stream, buf, ctx, &startup, peer_addr, place);
     match Box::pin(handshake::with_deadline(login_timeout, login)).await {
-        Ok((session, slots)) => Ok(Some((startup.user, session, slots))),
+        Ok(logged_in) => Ok(Some((startup.user, logged_in))),
         Err(err) => Err(Failure {
             err,
             user: Some(startup.user),
@@ -259,7 +256,8 @@ mod tests {
         let client = super::serve(crate::stream::Stream::Unix(socket), None, ctx, pending);
         let size = size_of_future(&client);
         eprintln!("client task future: {size} bytes");
-        // 1424 bytes today (debug build; 1392 before the pre-login place); 19 KiB before the login and server phases were
+        // 1384 bytes today (debug build; 1424 before the session was abortable and
+        // metered, 1392 before the pre-login place); 19 KiB before the login and server phases were
         // boxed, 2 KiB while the session's futures kept their arguments twice.
         let limit = 1536;
         assert!(

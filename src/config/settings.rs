@@ -128,8 +128,8 @@ declare! {
         server_allow_cleartext_password: bool = false; "BOOL", SERVERS;
         /// The query testing an idle server; empty for no test.
         server_check_query: String = "SELECT 1".to_owned(); "SQL", SERVERS;
-        /// TLS towards servers, as libpq's sslmode: disable, allow and prefer (TLS if the
-        /// server offers it), require (TLS, certificate not checked), verify-ca (chain checked
+        /// TLS towards servers, as libpq's sslmode: disable, allow (plaintext, TLS if the
+        /// server refuses that login), prefer (TLS if the server offers it), require (TLS, certificate not checked), verify-ca (chain checked
         /// against server_tls_ca_file), verify-full (and the host name). Not for Unix sockets.
         server_tls_sslmode: SslMode = SslMode::Prefer; "MODE", SERVERS;
         /// PEM CA certificates server certificates are checked against (verify-ca, verify-full).
@@ -149,6 +149,15 @@ declare! {
         workers: usize = 1; "N", PROCESS;
         /// error, warn, info, debug or trace, or tracing directives (info,pgwarden=debug).
         log_level: String = "info".to_owned(); "LEVEL", PROCESS;
+        /// Users who may use the admin console (database pgwarden or pgbouncer) to read
+        /// and to change things (PAUSE, KILL, SET, ...), comma-separated. They log in as
+        /// any user does (auth_type, [users], auth_file).
+        admin_users: Vec<String> = Vec::new(); "USER[,...]", PROCESS;
+        /// Users who may read the admin console (SHOW ...) but change nothing.
+        stats_users: Vec<String> = Vec::new(); "USER[,...]", PROCESS;
+        /// The period SHOW STATS' averages (avg_ columns) and the console's recent wait
+        /// percentiles are taken over.
+        stats_period: Duration = Duration::from_secs(60); "DURATION", PROCESS;
     }
     per_pool {
         /// When a client's server goes back to the pool: session, transaction or statement.

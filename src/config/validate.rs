@@ -253,6 +253,9 @@ impl Checker {
     }
 
     fn listen(&mut self, entries: &[String]) {
+        if entries.is_empty() {
+            self.error("listen", "no address given".to_owned());
+        }
         for entry in entries {
             if let Err(reason) = addr::check_listen(entry) {
                 self.error("listen", reason);

@@ -82,9 +82,12 @@ impl Value for PathBuf {
     }
 }
 
-/// A comma-separated list; each entry trimmed.
+/// A comma-separated list; each entry trimmed (an empty text is an empty list).
 impl Value for Vec<String> {
     fn parse(text: &str) -> Result<Self, String> {
+        if text.trim().is_empty() {
+            return Ok(Vec::new());
+        }
         Ok(text.split(',').map(|e| e.trim().to_owned()).collect())
     }
     fn show(&self) -> String {

@@ -10,7 +10,7 @@ use tracing::{info, warn};
 
 use super::{CheckoutError, ClientId, Grant, Pool, PooledServer, Waiting};
 use crate::refusals::Cap;
-use crate::server::{self, ServerConn};
+use crate::server::{self, ServerConn, ServerError};
 
 /// How a checkout starts: with an idle server at once, or queued.
 // Lives on the stack for one step of a checkout; boxing the server would cost the fast
@@ -48,6 +48,8 @@ impl Pool {
         let started = tokio::time::Instant::now();
         let deadline = (!wait_timeout.is_zero()).then(|| started + wait_timeout);
         let mut notify_at = (!wait_notify.is_zero()).then(|| started + wait_notify);
+        // The clock is read again only for a client that had to queue.
+        let mut queued = false;
         loop {
             if self.0.closed.is_cancelled() {
                 return Err(CheckoutError::Closed(self.0.name.clone()));
@@ -56,6 +58,7 @@ impl Pool {
                 Entry::Ready(server) => Grant::Server(server),
                 Entry::Failed(err) => return Err(err),
                 Entry::Queued(mut waiter) => {
+                    queued = true;
                     let times = (deadline, wait_timeout);
                     let wait = self.wait(&mut waiter, times, &mut notify_at, &mut notify);
                     wait.await?
@@ -67,6 +70,11 @@ impl Pool {
                 Grant::Failed(failure) => return Err(CheckoutError::LoginFailing(failure)),
             };
             if let Some(server) = ready {
+                let waited = match queued {
+                    true => started.elapsed(),
+                    false => std::time::Duration::ZERO,
+                };
+                self.0.counters.assigned(waited);
                 return Ok(server);
             }
         }
@@ -174,9 +182,11 @@ impl Pool {
         if check {
             let spec = self.0.spec.load_full(); // held across the check's await
             let settings = &spec.settings;
+            let testing = self.testing(&guard);
             let checked =
                 tokio::time::timeout(settings.connect_timeout, guard.exec(&settings.check_query))
                     .await;
+            drop(testing);
             if !matches!(checked, Ok(Ok(()))) {
                 guard.close("server_check_query failed");
                 return None;
@@ -218,11 +228,14 @@ impl Pool {
             who,
             abandoned: true,
         };
+        let opening = self.opening();
         let outcome = connect.await;
+        drop(opening);
         slot.abandoned = false;
         match outcome {
-            Ok(server) => {
+            Ok(mut server) => {
                 info!(pool = %self.0.name, server_id = server.id, %addr, "server connected");
+                self.list_server(&mut server);
                 self.remember_login_params(&server);
                 self.login_succeeded();
                 Ok(Some(PooledServer::new(
@@ -233,6 +246,7 @@ impl Pool {
             }
             Err(err) => {
                 warn!(pool = %self.0.name, cause = %err, "server connection failed");
+                self.count_failure(&err);
                 self.login_failed(&err);
                 self.release_slot(self.holder(who).as_ref());
                 match err.is_backpressure() {
@@ -240,6 +254,17 @@ impl Pool {
                     false => Err(err.into()),
                 }
             }
+        }
+    }
+
+    /// Counts a failed server connection as a connect failure (unreachable, timed out) or
+    /// a login failure (reached, but the login went wrong).
+    pub(super) fn count_failure(&self, err: &ServerError) {
+        match err {
+            ServerError::Connect { .. } | ServerError::ConnectTimeout { .. } => {
+                self.0.counters.connect_failed()
+            }
+            _ => self.0.counters.login_failed(),
         }
     }
 

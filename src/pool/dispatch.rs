@@ -207,6 +207,7 @@ impl Pool {
             return self.discard(server, "its route now leads elsewhere (reload)", who);
         }
         server.last_used = Instant::now();
+        Pool::mark_idle(&server);
         let spec = self.spec();
         let mut state = self.state();
         self.unhold(&mut state.held, who);

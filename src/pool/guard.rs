@@ -23,6 +23,7 @@ pub struct PooledServer {
 
 impl PooledServer {
     pub(super) fn new(server: Box<ServerConn>, pool: Pool, who: Option<ClientId>) -> Self {
+        Pool::mark_active(&server);
         PooledServer {
             server: Some(server),
             pool,
@@ -44,11 +45,13 @@ impl PooledServer {
         // The settings as an Arc: held across the reset's await.
         let spec = this.pool.0.spec.load_full();
         let settings = &spec.settings;
+        let testing = this.pool.testing(&server);
         let reset = tokio::time::timeout(
             settings.connect_timeout,
             server.reset(&settings.reset_query),
         )
         .await;
+        drop(testing);
         match reset {
             Ok(Ok(())) => this.pool.checkin(server, this.who.as_ref()),
             Ok(Err(err)) => {

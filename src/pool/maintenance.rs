@@ -24,6 +24,7 @@ pub(super) async fn run(pool: Pool) {
         if pool.retire_if_unneeded() {
             return;
         }
+        (pool.0.counters).tick(Instant::now(), pool.spec().settings.stats_period);
         close_expired(&pool);
         fill_to_minimum(&pool).await;
     }
@@ -100,15 +101,20 @@ async fn fill_to_minimum(pool: &Pool) {
             let spec = pool.spec();
             (spec.target.clone(), spec.settings.connect_timeout)
         };
-        match server::connect(target, timeout).await {
-            Ok(server) => {
+        let opening = pool.opening();
+        let outcome = server::connect(target, timeout).await;
+        drop(opening);
+        match outcome {
+            Ok(mut server) => {
                 info!(pool = %pool.0.name, server_id = server.id, reason = "min_pool_size", "server connected");
+                pool.list_server(&mut server);
                 pool.remember_login_params(&server);
                 pool.login_succeeded();
                 pool.checkin(server, None);
             }
             Err(err) => {
                 warn!(pool = %pool.0.name, cause = %err, "could not open a server for min_pool_size");
+                pool.count_failure(&err);
                 pool.login_failed(&err);
                 pool.release_slot(None);
             }

@@ -20,6 +20,7 @@ mod lifetime;
 mod maintenance;
 mod queue;
 mod reconfigure;
+mod snapshot;
 pub mod spec;
 
 use std::collections::{BTreeMap, HashMap};
@@ -36,12 +37,14 @@ use crate::config::PoolMode;
 use crate::protocol::{sqlstate, PgError};
 use crate::refusals::Refusals;
 use crate::server::{ServerConn, ServerError, ServerTarget};
+use crate::stats::{Live, PoolCounters, ServerInfo};
 
 pub use budget::{Account, Budget, BudgetCap};
 pub use guard::{Leaving, PooledServer};
 pub use lifetime::PoolLease;
 pub use queue::ClientId;
 pub use reconfigure::PoolsReport;
+pub use snapshot::{PoolSnapshot, ServerCounts};
 pub use spec::{Reconfigured, Settings};
 
 use spec::Spec;
@@ -73,6 +76,8 @@ pub struct PoolSettings {
     /// For a pool made for the wildcard route: removed once unused this long (zero:
     /// never). `None` for named routes, which the configuration bounds.
     pub autodb_idle_timeout: Option<Duration>,
+    /// The period the console's averages are taken over.
+    pub stats_period: Duration,
 }
 
 /// Why a client got no server.
@@ -227,6 +232,14 @@ pub(crate) struct PoolShared {
     /// What this pool's servers report right after login; clients are told these (with
     /// their own settings laid over) without waiting for a server.
     login_params: Mutex<Option<Arc<BTreeMap<String, String>>>>,
+    /// Transactions, queries, bytes, waits and failures since start.
+    counters: PoolCounters,
+    /// Servers being opened (SHOW POOLS' `sv_login`).
+    opening: AtomicUsize,
+    /// Servers running the reset or check query (`sv_tested`).
+    testing: AtomicUsize,
+    /// Where its servers are listed for SHOW SERVERS (shared by all pools).
+    servers: Live<ServerInfo>,
 }
 
 /// A cheap-clone handle to one (database, user) pool.
@@ -260,6 +273,15 @@ impl Pool {
 
     fn spec(&self) -> arc_swap::Guard<Arc<Spec>> {
         self.0.spec.load()
+    }
+
+    /// Its counters, which the relay adds to at the end of each request.
+    pub fn counters(&self) -> &PoolCounters {
+        &self.0.counters
+    }
+
+    pub fn key(&self) -> &PoolKey {
+        &self.0.key
     }
 
     /// The lock is never held across an `.await`, so a std mutex is the cheaper choice.
@@ -376,6 +398,7 @@ pub(crate) struct Registry {
     budget: Arc<Budget>,
     refusals: Arc<Refusals>,
     closed: CancellationToken,
+    servers: Live<ServerInfo>,
 }
 
 impl Pools {
@@ -386,6 +409,7 @@ impl Pools {
             budget: Arc::new(Budget::new(max_server_conn)),
             refusals,
             closed: CancellationToken::new(),
+            servers: Live::default(),
         }))
     }
 
@@ -443,6 +467,10 @@ impl Pools {
             pinned: AtomicUsize::new(0),
             pin_reasons: Mutex::default(),
             login_params: Mutex::new(None),
+            counters: PoolCounters::default(),
+            opening: AtomicUsize::new(0),
+            testing: AtomicUsize::new(0),
+            servers: self.0.servers.clone(),
         }))
     }
 

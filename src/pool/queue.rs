@@ -54,6 +54,23 @@ impl<T> FairQueue<T> {
         self.len == 0
     }
 
+    /// Every waiter, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = &T> {
+        self.lanes
+            .values()
+            .flat_map(|lane| lane.iter().map(|(_, item)| item))
+    }
+
+    /// The identity whose turn is next.
+    pub fn first_identity(&self) -> Option<&ClientId> {
+        self.turn.front()
+    }
+
+    /// Whether `who` has a waiter queued.
+    pub fn contains(&self, who: &ClientId) -> bool {
+        self.lanes.contains_key(who)
+    }
+
     /// Queues waiter `id` at the back of `who`'s lane; a new identity's turn comes last.
     pub fn push(&mut self, who: &ClientId, id: u64, item: T) {
         let lane = self.lanes.entry(who.clone()).or_default();
@@ -142,6 +159,9 @@ mod tests {
         assert_eq!(queue.ahead(&quiet, 10), Some(1));
         assert_eq!(queue.ahead(&quiet, 11), Some(3));
         assert_eq!(queue.ahead(&flood, 3), Some(5));
+        assert_eq!(queue.iter().count(), 6);
+        assert_eq!(queue.first_identity(), Some(&flood));
+        assert!(queue.contains(&quiet) && !queue.contains(&id("other")));
         let order: Vec<_> = std::iter::from_fn(|| pop(&mut queue)).collect();
         assert_eq!(order, ["f1", "q1", "f2", "q2", "f3", "f4"]);
         assert!(queue.is_empty() && queue.turn.is_empty() && queue.lanes.is_empty());

@@ -246,6 +246,7 @@ fn settings(
         // A pool made for a name only the wildcard route matched: removable when idle.
         autodb_idle_timeout: (!config.databases.contains_key(database))
             .then_some(config.autodb_idle_timeout),
+        stats_period: config.stats_period,
     }
 }
 

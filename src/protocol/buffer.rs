@@ -22,6 +22,9 @@ pub struct Pump {
     pub ready: usize,
     /// Edited bytes to forward before `buf[..ready]`.
     pub out: BytesMut,
+    /// Bytes written out since the session last took them for its pool's counters (a
+    /// plain add: the pump has one owner). As PgBouncer counts traffic: what is forwarded.
+    pub sent: u64,
 }
 
 /// The start of a message found by [`Pump::next`], not yet forwarded.
@@ -40,6 +43,7 @@ impl Pump {
             framer: Framer::with_rules(max_len, rules),
             ready: 0,
             out: BytesMut::new(),
+            sent: 0,
         }
     }
 
@@ -107,6 +111,7 @@ impl Pump {
 
     /// `n` bytes of [`output`](Pump::output) were written.
     pub fn wrote(&mut self, mut n: usize) {
+        self.sent += n as u64;
         let from_out = n.min(self.out.len());
         self.out.advance(from_out);
         n -= from_out;

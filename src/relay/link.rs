@@ -18,6 +18,7 @@ use std::mem;
 use std::time::Instant;
 
 use bytes::BytesMut;
+use futures_util::future::{AbortRegistration, Abortable, Aborted};
 use tracing::{debug, info};
 
 use super::io;
@@ -32,6 +33,7 @@ use crate::pool::{ClientId, PinGuard, PoolLease, PooledServer};
 use crate::protocol::sql::Strings;
 use crate::protocol::{sqlstate, PgError};
 use crate::server::ServerConn;
+use crate::stats::{clock, ClientInfo, Listed};
 use crate::stream::Stream;
 
 /// How long a session that ends waits for its client to take the answers already due.
@@ -51,6 +53,10 @@ pub struct Session {
     /// Whether SQL in the client's encoding can be read byte by byte (see
     /// [`crate::protocol::sql::scannable_encoding`]).
     pub scannable: bool,
+    /// Its entry in SHOW CLIENTS.
+    pub listing: Listed<ClientInfo>,
+    /// Ends the session where it stands when the console kills the client.
+    pub killed: AbortRegistration,
 }
 
 /// Runs a logged-in client's session in its pool's mode, and ends it.
@@ -63,9 +69,16 @@ pub fn run<'a>(
     session: Session,
     ctx: &'a Context,
 ) -> impl Future<Output = End> + 'a {
-    let mut link = Link::new(client, client_buf, session, ctx);
+    let (mut link, killed) = Link::new(client, client_buf, session, ctx);
     async move {
-        let end = session_loop(&mut link).await;
+        // Killed: the loop is dropped where it stands, its server (if any) closed.
+        let end = match Abortable::new(session_loop(&mut link), killed).await {
+            Ok(end) => end,
+            // Mid-message towards the client, no error can follow: it is just closed.
+            Err(Aborted) if link.machine.s2c.quiet() => End::Killed,
+            Err(Aborted) => End::Cut(Box::new(End::Killed)),
+        };
+        link.meter_bytes();
         drop(link);
         Box::pin(finish(client, &end)).await;
         end
@@ -143,10 +156,18 @@ pub(super) struct Link<'a> {
     pub(super) pinned_for: Reasons,
     /// Reads from the client so far (wrapping).
     pub(super) reads: u32,
+    /// Its entry in SHOW CLIENTS, which also keeps its query and transaction clocks.
+    pub(super) listing: Listed<ClientInfo>,
 }
 
 impl<'a> Link<'a> {
-    fn new(client: &'a Stream, client_buf: BytesMut, session: Session, ctx: &'a Context) -> Self {
+    /// The link, and what aborts it.
+    fn new(
+        client: &'a Stream,
+        client_buf: BytesMut,
+        session: Session,
+        ctx: &'a Context,
+    ) -> (Self, AbortRegistration) {
         let Session {
             pool,
             cancel,
@@ -154,6 +175,8 @@ impl<'a> Link<'a> {
             who,
             strings,
             scannable,
+            listing,
+            killed,
         } = session;
         let mode = pool.settings().mode;
         let max_prepared = Some(ctx.config.max_prepared_statements).filter(|max| *max > 0);
@@ -164,7 +187,7 @@ impl<'a> Link<'a> {
             max_prepared,
             (strings, scannable),
         );
-        Link {
+        let link = Link {
             client,
             ctx,
             pool,
@@ -177,7 +200,9 @@ impl<'a> Link<'a> {
             pin: None,
             pinned_for: Reasons::default(),
             reads: 0,
-        }
+            listing,
+        };
+        (link, killed)
     }
 
     /// Waits, without a server, until the client has sent something complete. `Some` when
@@ -239,6 +264,7 @@ impl<'a> Link<'a> {
             Err(end) => return Some(end),
         };
         loop {
+            self.meter();
             self.sync_pins();
             let step = match self.machine.verdict() {
                 Verdict::Relay => self.relay(&mut server, shutdown.as_mut()).await,
@@ -335,6 +361,7 @@ impl<'a> Link<'a> {
                     }
                 }
             }
+            self.meter();
         }
         None
     }
@@ -346,8 +373,17 @@ impl<'a> Link<'a> {
         let notify = |text: String| async move {
             let _ = client.write_all_ready(&PgError::notice(text)).await;
         };
-        let mut server = (self.pool.checkout_notify(&self.who, notify).await)
-            .map_err(|e| End::Refused(e.to_client_error()))?;
+        let asked = clock::now_us();
+        self.listing.waiting(asked);
+        let checkout = self.pool.checkout_notify(&self.who, notify).await;
+        let mut server = checkout.map_err(|e| {
+            self.listing.unlinked();
+            End::Refused(e.to_client_error())
+        })?;
+        self.listing.linked(server.id);
+        if let Some(listing) = &server.listing {
+            listing.linked(self.listing.id(), asked);
+        }
         if let Some(sql) = server.params.sync_query(&self.wanted) {
             if let Err(err) = server.exec(&sql).await {
                 server.close("parameter sync failed");
@@ -369,6 +405,7 @@ impl<'a> Link<'a> {
         self.cancel.detach().await;
         server.buf = mem::take(&mut self.machine.s2c.buf);
         server.checkin_idle();
+        self.listing.unlinked();
         self.machine.detach();
     }
 

@@ -9,11 +9,13 @@
 //!   statement pooling's refusals, and giving the server up at the end.
 //! - [`timeouts`]: the idle, transaction and query timeouts.
 //! - `wait`: the one wait per turn of the loop (sockets, shutdown, a deadline).
+//! - `meter`: the pool's counters (queries, transactions, bytes) as the session goes.
 
 mod boundary;
 pub mod io;
 mod link;
 pub mod machine;
+mod meter;
 pub mod timeouts;
 mod wait;
 
@@ -34,6 +36,8 @@ pub enum End {
     /// Ended with the client's stream in the middle of a message: nothing more can be
     /// said to it, the connection just closes.
     Cut(Box<End>),
+    /// Killed from the admin console (KILL, KILL_CLIENT): dropped where it stood.
+    Killed,
 }
 
 impl End {
@@ -42,6 +46,10 @@ impl End {
         match self {
             End::Stop(stop) => stop.to_client_error(),
             End::Refused(e) => Some(e.clone()),
+            End::Killed => Some(PgError::fatal(
+                crate::protocol::sqlstate::ADMIN_SHUTDOWN,
+                "terminating connection due to administrator command (KILL on the pgwarden console)",
+            )),
             End::ClientIo(_) | End::Cut(_) => None,
         }
     }
@@ -59,6 +67,7 @@ impl fmt::Display for End {
             End::ClientIo(e) => write!(f, "client socket error: {e}"),
             End::Refused(e) => write!(f, "refused: {}", e.message),
             End::Cut(end) => write!(f, "{end} (mid-message, the client was told nothing)"),
+            End::Killed => f.write_str("killed from the admin console"),
         }
     }
 }

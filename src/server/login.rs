@@ -15,6 +15,7 @@ use super::exchange::{self, Exchange, LoginError, Step};
 use super::{ServerConn, ServerError};
 use crate::protocol::io::ReadError;
 use crate::stream::Stream;
+use crate::tls::SslMode;
 
 /// Where and as whom the servers of one pool log in.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,20 +89,48 @@ impl ServerTarget {
             && (self.dbname == other.dbname && self.user == other.user)
     }
 
-    fn is_unix(&self) -> bool {
+    pub fn is_unix(&self) -> bool {
         self.host.starts_with('/')
     }
 
     /// Opens a connection to the server, with TLS as `server_tls_sslmode` says (used for
     /// sessions and for cancel requests, which libpq also sends with the same sslmode).
     pub async fn open_socket(&self) -> std::io::Result<Stream> {
+        self.open_socket_as(Attempt::First).await
+    }
+
+    async fn open_socket_as(&self, attempt: Attempt) -> std::io::Result<Stream> {
         if self.is_unix() {
             Ok(Stream::Unix(UnixStream::connect(self.addr_label()).await?))
         } else {
             let tcp = TcpStream::connect((self.host.as_str(), self.port)).await?;
             tcp.set_nodelay(true)?;
             let tls = self.tls.0.current();
-            super::tls::negotiate(tcp, &self.host, &tls.server).await
+            let mode = attempt.mode(tls.server.mode);
+            super::tls::negotiate(tcp, &self.host, &tls.server, mode).await
+        }
+    }
+
+    /// Whether a login refused over plaintext is tried again over TLS (`allow`).
+    fn retries_with_tls(&self) -> bool {
+        !self.is_unix() && self.tls.0.current().server.mode == SslMode::Allow
+    }
+}
+
+/// Which connection of a login this is: `server_tls_sslmode = allow` tries plaintext
+/// first and, if the server refuses that login, TLS, as libpq does.
+#[derive(Clone, Copy)]
+enum Attempt {
+    First,
+    TlsRetry,
+}
+
+impl Attempt {
+    fn mode(self, configured: SslMode) -> SslMode {
+        match (self, configured) {
+            (Attempt::First, SslMode::Allow) => SslMode::Disable,
+            (Attempt::TlsRetry, _) => SslMode::Require,
+            (Attempt::First, mode) => mode,
         }
     }
 }
@@ -121,9 +150,18 @@ pub async fn connect(
 }
 
 async fn open(target: Arc<ServerTarget>) -> Result<ServerConn, ServerError> {
+    match open_as(target.clone(), Attempt::First).await {
+        Err(ServerError::Refused { .. }) if target.retries_with_tls() => {
+            open_as(target, Attempt::TlsRetry).await
+        }
+        outcome => outcome,
+    }
+}
+
+async fn open_as(target: Arc<ServerTarget>, attempt: Attempt) -> Result<ServerConn, ServerError> {
     let allow_cleartext = target.allow_cleartext;
     let stream = target
-        .open_socket()
+        .open_socket_as(attempt)
         .await
         .map_err(|source| ServerError::Connect {
             addr: target.addr_label(),

@@ -145,6 +145,8 @@ pub struct ServerConn {
     pub notifications: BytesMut,
     pub created: Instant,
     pub last_used: Instant,
+    /// Its entry in SHOW SERVERS, once its pool has listed it; unlisted with it.
+    pub listing: Option<crate::stats::Listed<crate::stats::ServerInfo>>,
 }
 
 impl ServerConn {
@@ -161,6 +163,7 @@ impl ServerConn {
             notifications: BytesMut::new(),
             created: now,
             last_used: now,
+            listing: None,
         }
     }
 

@@ -14,11 +14,16 @@ use crate::protocol::tags::startup_code;
 use crate::stream::Stream;
 use crate::tls::negotiate::{self, ServerAnswer};
 use crate::tls::stream::TlsStream;
-use crate::tls::ServerSide;
+use crate::tls::{ServerSide, SslMode};
 
-/// Turns a connected socket to `host` into what the mode says: TLS, or plaintext.
-pub async fn negotiate(mut tcp: TcpStream, host: &str, side: &ServerSide) -> io::Result<Stream> {
-    let mode = side.mode;
+/// Turns a connected socket to `host` into what `mode` says (the side's mode, or the one an
+/// `allow` attempt uses): TLS, or plaintext.
+pub async fn negotiate(
+    mut tcp: TcpStream,
+    host: &str,
+    side: &ServerSide,
+    mode: SslMode,
+) -> io::Result<Stream> {
     if !negotiate::asks_server(mode, true) {
         return Ok(Stream::Tcp(tcp));
     }

@@ -6,7 +6,8 @@
 pub enum SslMode {
     /// No TLS: clients asking for it get `N`; servers are not asked.
     Disable,
-    /// Clients: TLS if they ask (certificates not checked). Servers: as `prefer`.
+    /// Clients: TLS if they ask (certificates not checked). Servers: plaintext first, and
+    /// TLS (certificates not checked) if the server refuses that login, as libpq.
     Allow,
     /// Clients: TLS if they ask (certificates not checked). Servers: TLS if offered, else
     /// plaintext.

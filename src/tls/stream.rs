@@ -68,6 +68,11 @@ impl TlsStream {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The TCP socket under the encryption.
+    pub fn tcp(&self) -> &TcpStream {
+        &self.tcp
+    }
+
     /// Readable when rustls holds plaintext (or the peer's close) already, else when the
     /// socket is.
     pub fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -175,6 +180,11 @@ impl TlsStream {
         loop {
             match self.read_with(buf.remaining(), |piece| buf.put_slice(piece)) {
                 Ok(_) => return Poll::Ready(Ok(())),
+                // Ciphertext of an earlier write still waiting (a full socket) goes out
+                // before this waits for an answer to it, as a plaintext write_all would.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && self.wants_write() => {
+                    ready!(self.poll_flush(cx))?;
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     ready!(self.poll_read_ready(cx))?;
                 }

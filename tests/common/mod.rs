@@ -575,6 +575,29 @@ impl PgServer {
         self.connect("postgres", "postgres", "postgres").await
     }
 
+    /// Puts `line` first in pg_hba.conf and has Postgres read it again. The reload takes
+    /// effect shortly after: wait for it by observing what it changes.
+    pub fn prepend_hba(&self, line: &str) {
+        let path = self.dir.path().join("data").join("pg_hba.conf");
+        let old = fs::read_to_string(&path).expect("read pg_hba.conf");
+        fs::write(&path, format!("{line}\n{old}")).expect("write pg_hba.conf");
+        let reload = Command::new(pg_bin("psql"))
+            .args(["-X", "-q", "-h"])
+            .arg(&self.socket_dir)
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+            ])
+            .args(["-c", "SELECT pg_reload_conf()"])
+            .output()
+            .expect("run psql");
+        assert!(reload.status.success(), "{reload:?}");
+    }
+
     /// The server's log so far (handy in assertion messages).
     pub fn log(&self) -> String {
         fs::read_to_string(&self.postmaster.log).unwrap_or_default()

@@ -72,6 +72,7 @@ impl Machine {
             }
             _ => {}
         }
+        self.tally.started |= self.owed.is_empty();
         let fresh = self.owed.is_empty()
             && self.pipeline == Pipeline::Synced
             && self.status == crate::protocol::TransactionStatus::Idle;

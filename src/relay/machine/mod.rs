@@ -128,6 +128,18 @@ struct Pending {
     named: bool,
 }
 
+/// What the session finished since the session loop last asked, for its pool's counters
+/// (as PgBouncer counts: a query per ReadyForQuery, a transaction per ReadyForQuery `I`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tally {
+    /// A request was sent with nothing owed: a query began (and a transaction, if none runs).
+    pub started: bool,
+    /// ReadyForQuery messages forwarded to the client: requests answered.
+    pub queries: u32,
+    /// Of those, the ones reporting idle: transactions ended.
+    pub xacts: u32,
+}
+
 /// One client's protocol state, across the servers it gets.
 pub struct Machine {
     mode: PoolMode,
@@ -150,6 +162,7 @@ pub struct Machine {
     pins: Reasons,
     /// Transaction pooling with named statements following the client.
     prepared: Option<Box<Prepared>>,
+    tally: Tally,
 }
 
 impl Machine {
@@ -187,7 +200,18 @@ impl Machine {
             unnamed: Effects::default(),
             pins: Reasons::default(),
             prepared,
+            tally: Tally::default(),
         }
+    }
+
+    /// What was finished since the last call (and forgets it).
+    pub fn take_tally(&mut self) -> Tally {
+        std::mem::take(&mut self.tally)
+    }
+
+    /// Whether the server still owes answers (a pipeline goes on after a ReadyForQuery).
+    pub fn owes(&self) -> bool {
+        !self.owed.is_empty()
     }
 
     /// What to do next. Cheap: called after every event.

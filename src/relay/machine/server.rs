@@ -64,6 +64,9 @@ impl Machine {
         }
         if self.trust == Trust::Lost {
             self.follow_status(found);
+            if tag == backend::READY_FOR_QUERY {
+                self.count_ready();
+            }
             return self.s2c.forward(found.taken);
         }
         self.follow_copy(tag);
@@ -198,6 +201,12 @@ impl Machine {
         prepared.stale(self.s2c.message(found), self.owed.front(), sync_is_last)
     }
 
+    /// A ReadyForQuery for the client ends a query, and a transaction when it says idle.
+    fn count_ready(&mut self) {
+        self.tally.queries += 1;
+        self.tally.xacts += u32::from(self.status == TransactionStatus::Idle);
+    }
+
     /// The transaction status a ReadyForQuery reports.
     fn follow_status(&mut self, found: Found) {
         if found.tag != backend::READY_FOR_QUERY || !found.whole {
@@ -213,6 +222,7 @@ impl Machine {
     /// transaction block is held back for the session to refuse the block.
     fn ready_for_query(&mut self, found: Found) {
         self.follow_status(found);
+        self.count_ready();
         if self.mode == PoolMode::Statement && self.status != TransactionStatus::Idle {
             self.phase = Phase::RefusingBlock;
             return self.s2c.drop_message(found.taken);

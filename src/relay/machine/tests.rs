@@ -553,3 +553,31 @@ proptest! {
         converse(PoolMode::Transaction, true, &ops, &cuts, &cuts);
     }
 }
+
+/// PgBouncer's counts: a query per ReadyForQuery, a transaction per ReadyForQuery `I`.
+#[test]
+fn the_tally_counts_queries_and_transactions_as_pgbouncer() {
+    let mut h = Harness::new(PoolMode::Session, false);
+    let mut total = super::Tally::default();
+    let mut send = |h: &mut Harness, bytes: &[u8]| {
+        h.send(bytes);
+        let t = h.m.take_tally();
+        total.queries += t.queries;
+        total.xacts += t.xacts;
+        t
+    };
+    assert!(send(&mut h, &query("ok")).started);
+    send(&mut h, &query("begin"));
+    send(&mut h, &query("ok"));
+    send(&mut h, &query("commit"));
+    let extended = [parse("", "ok"), bind(""), execute(), SYNC.to_vec()].concat();
+    send(&mut h, &extended);
+    send(
+        &mut h,
+        &[parse("", "ok"), SYNC.to_vec(), SYNC.to_vec()].concat(),
+    );
+    // 1 + 3 + 1 + 2 ReadyForQuery; transactions: the lone query, the block, the
+    // extended one, and each of the two Syncs.
+    assert_eq!((total.queries, total.xacts), (7, 5));
+    assert_eq!(h.m.take_tally(), super::Tally::default(), "taken once");
+}
