@@ -145,7 +145,7 @@ for clients in $CLIENTS; do
     for side in "${SIDES[@]}"; do
         for target in "${TARGETS[@]}"; do
             [ "${target##*_}" = "$side" ] || continue
-            awk -v t="$target" -v c="$clients" -v side="$side" '$1 == t && $2 == c { u[n] = $3; x[n] = $4; n++ }
+            awk -v t="$target" -v c="$clients" -v side="$side" 'BEGIN { n = 0 } $1 == t && $2 == c { u[n] = $3; x[n] = $4; n++ }
                 function med(a, n,   i, j, v) {
                     for (i = 1; i < n; i++) { v = a[i]; for (j = i - 1; j >= 0 && a[j] > v; j--) a[j + 1] = a[j]; a[j + 1] = v }
                     return n % 2 ? a[int(n / 2)] : (a[n / 2 - 1] + a[n / 2]) / 2

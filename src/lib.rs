@@ -23,7 +23,10 @@
 //!   queue (who of the waiting clients is served next).
 //! - [`prepared`]: named prepared statements that follow a client from server to server.
 //! - [`cancel`]: proxy-issued cancel keys mapped to the server a client uses now.
-//! - [`shutdown`]: signals and draining.
+//! - [`shutdown`]: signals and draining (SIGTERM waits for clients, SIGINT for
+//!   transactions).
+//! - [`reload`]: SIGHUP and RELOAD: the configuration read again and put in force
+//!   without dropping a client.
 //! - [`stream`]: TCP and Unix sockets, and TLS over TCP, behind one type.
 //! - [`tls`]: rustls acceptor (clients) and connector (servers) per `sslmode`, reloadable.
 //! - [`context`]: what every client task shares.
@@ -50,6 +53,7 @@ pub mod prepared;
 pub mod protocol;
 pub mod refusals;
 pub mod relay;
+pub mod reload;
 pub mod server;
 pub mod shutdown;
 pub mod stats;

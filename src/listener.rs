@@ -1,5 +1,5 @@
-//! Binds the TCP and Unix sockets, runs one task per client, and on shutdown stops
-//! accepting and waits for sessions to finish.
+//! Binds the TCP and Unix sockets, runs one task per client, and on shutdown waits for
+//! the sessions as its mode says ([`crate::shutdown`]), refusing newcomers meanwhile.
 //!
 //! What a connection counts against, from accept on: until it has authenticated, a place
 //! in the pre-login budget (`max_pending_logins`, `…_per_addr`; [`crate::prelogin`]), where
@@ -57,28 +57,51 @@ pub async fn bind(listen: &[String]) -> io::Result<Vec<TcpListener>> {
     Ok(listeners)
 }
 
-/// Serves clients on `listeners` (and the configured Unix socket) until `shutdown` is
-/// cancelled, then drains: sessions end at their next idle point, bounded by `shutdown_timeout`.
+/// Serves clients on `listeners` (and the configured Unix socket) until shutdown, then
+/// drains ([`crate::shutdown`]). `SIGHUP` reloads the configuration given (TLS files read
+/// again).
 pub async fn run(
     listeners: Vec<TcpListener>,
     config: Arc<Config>,
     shutdown: CancellationToken,
 ) -> io::Result<()> {
     let ctx = Context::new(config, shutdown);
-    tokio::spawn(crate::shutdown::on_reload(
-        ctx.tls.clone(),
-        ctx.shutdown.clone(),
-    ));
+    tokio::spawn(crate::shutdown::on_reload(ctx.clone()));
     serve(listeners, ctx).await
+}
+
+/// Where accepted connections run. Shutdown waits for the connections accepted before
+/// it started (`sessions`), not for those accepted while draining (`late`: refused with
+/// 57P01, or admin console sessions), so a client retrying in a loop cannot hold the
+/// process up.
+#[derive(Clone)]
+struct Spawner {
+    ctx: Context,
+    refusing: Arc<Semaphore>,
+    sessions: TaskTracker,
+    late: TaskTracker,
+}
+
+impl Spawner {
+    fn tasks(&self) -> &TaskTracker {
+        match self.ctx.draining() {
+            false => &self.sessions,
+            true => &self.late,
+        }
+    }
 }
 
 /// [`run`] with a context made by the caller, who can then watch its pools and counters
 /// (tests, and later the admin console).
 pub async fn serve(listeners: Vec<TcpListener>, ctx: Context) -> io::Result<()> {
-    let config = ctx.config.clone();
-    let shutdown = ctx.shutdown.clone();
-    let tasks = TaskTracker::new();
-    let refusing = Arc::new(Semaphore::new(REFUSING_AT_ONCE));
+    let config = ctx.current_config();
+    let spawner = Spawner {
+        ctx: ctx.clone(),
+        refusing: Arc::new(Semaphore::new(REFUSING_AT_ONCE)),
+        sessions: TaskTracker::new(),
+        late: TaskTracker::new(),
+    };
+    let (accepting, stop) = (TaskTracker::new(), CancellationToken::new());
     let port = listeners
         .first()
         .map(|l| l.local_addr())
@@ -95,46 +118,78 @@ pub async fn serve(listeners: Vec<TcpListener>, ctx: Context) -> io::Result<()> 
     let _monitoring = crate::http::start(&ctx).await?;
     for listener in listeners {
         info!(addr = %listener.local_addr()?, "listening");
-        tasks.spawn(accept_tcp(
-            listener,
-            ctx.clone(),
-            refusing.clone(),
-            tasks.clone(),
-        ));
+        accepting.spawn(accept_tcp(listener, spawner.clone(), stop.clone()));
     }
     if let (Some(listener), Some(path)) = (unix, &unix_path) {
         info!(path = %path.display(), "listening");
-        tasks.spawn(accept_unix(
-            listener,
-            ctx.clone(),
-            refusing.clone(),
-            tasks.clone(),
-        ));
+        accepting.spawn(accept_unix(listener, spawner.clone(), stop.clone()));
     }
 
-    shutdown.cancelled().await;
-    info!(timeout = ?config.shutdown_timeout, "shutting down: no new connections, waiting for sessions to finish");
-    tasks.close();
-    if tokio::time::timeout(config.shutdown_timeout, tasks.wait())
-        .await
-        .is_err()
-    {
-        warn!("shutdown_timeout reached with sessions still running; closing them");
-        // Every session ends at once: its sockets close, and its server, if it held one,
-        // is closed rather than returned (the pools are closing anyway).
-        ctx.abort.cancel();
-        if tokio::time::timeout(ABORT_WAIT, tasks.wait())
-            .await
-            .is_err()
-        {
-            warn!("sessions still running {ABORT_WAIT:?} after being aborted");
-        }
-    }
+    ctx.draining_token().cancelled().await;
+    drain(&ctx, &spawner.sessions).await;
+    stop.cancel();
+    accepting.close();
+    accepting.wait().await;
+    // What is left was accepted while draining: refusals being written, console sessions.
+    ctx.abort.cancel();
+    spawner.late.close();
+    let _ = tokio::time::timeout(ABORT_WAIT, spawner.late.wait()).await;
     ctx.pools.close();
     if let Some(path) = unix_path {
         let _ = std::fs::remove_file(path);
     }
+    info!("shutdown complete");
     Ok(())
+}
+
+/// How often a long drain says how many connections it still waits for.
+const DRAIN_PROGRESS: Duration = Duration::from_secs(10);
+
+/// Waits for the sessions as the shutdown's mode says, at most `shutdown_timeout` (zero:
+/// no limit), then closes those left where they stand.
+async fn drain(ctx: &Context, sessions: &TaskTracker) {
+    let mode = crate::shutdown::mode(ctx).unwrap_or(crate::shutdown::Mode::WaitForServers);
+    let timeout = ctx.current_config().shutdown_timeout;
+    info!(
+        connections = sessions.len(),
+        shutdown_timeout = %crate::config::duration::format(timeout),
+        "shutting down, {mode}; new connections are refused (57P01)"
+    );
+    sessions.close();
+    let waited = async {
+        let mut progress = tokio::time::interval(DRAIN_PROGRESS);
+        progress.tick().await;
+        loop {
+            tokio::select! {
+                _ = sessions.wait() => return,
+                _ = progress.tick() => info!(connections = sessions.len(), "shutdown still waiting"),
+            }
+        }
+    };
+    let done = match timeout.is_zero() {
+        true => {
+            waited.await;
+            true
+        }
+        false => tokio::time::timeout(timeout, waited).await.is_ok(),
+    };
+    if done {
+        info!("every client has left");
+        return;
+    }
+    warn!(
+        connections = sessions.len(),
+        "shutdown_timeout reached with sessions still running; closing them"
+    );
+    // Every session ends at once: its sockets close, and its server, if it held one, is
+    // closed rather than returned (the pools are closing anyway).
+    ctx.abort.cancel();
+    if tokio::time::timeout(ABORT_WAIT, sessions.wait())
+        .await
+        .is_err()
+    {
+        warn!("sessions still running {ABORT_WAIT:?} after being aborted");
+    }
 }
 
 fn bind_unix(dir: &std::path::Path, port: u16) -> io::Result<(UnixListener, PathBuf)> {
@@ -153,40 +208,30 @@ fn bind_unix(dir: &std::path::Path, port: u16) -> io::Result<(UnixListener, Path
     Ok((listener, path))
 }
 
-async fn accept_tcp(
-    listener: TcpListener,
-    ctx: Context,
-    refusing: Arc<Semaphore>,
-    tasks: TaskTracker,
-) {
+async fn accept_tcp(listener: TcpListener, spawner: Spawner, stop: CancellationToken) {
     loop {
         let accepted = tokio::select! {
-            _ = ctx.shutdown.cancelled() => return,
+            _ = stop.cancelled() => return,
             accepted = listener.accept() => accepted,
         };
         match accepted {
             Ok((socket, peer)) => {
                 let _ = socket.set_nodelay(true);
-                admit(Stream::Tcp(socket), Some(peer), &ctx, &refusing, &tasks);
+                admit(Stream::Tcp(socket), Some(peer), &spawner);
             }
             Err(err) => accept_failed(err).await,
         }
     }
 }
 
-async fn accept_unix(
-    listener: UnixListener,
-    ctx: Context,
-    refusing: Arc<Semaphore>,
-    tasks: TaskTracker,
-) {
+async fn accept_unix(listener: UnixListener, spawner: Spawner, stop: CancellationToken) {
     loop {
         let accepted = tokio::select! {
-            _ = ctx.shutdown.cancelled() => return,
+            _ = stop.cancelled() => return,
             accepted = listener.accept() => accepted,
         };
         match accepted {
-            Ok((socket, _)) => admit(Stream::Unix(socket), None, &ctx, &refusing, &tasks),
+            Ok((socket, _)) => admit(Stream::Unix(socket), None, &spawner),
             Err(err) => accept_failed(err).await,
         }
     }
@@ -199,19 +244,14 @@ async fn accept_failed(err: io::Error) {
 
 /// Starts a client task with a place in the pre-login budget (the longest-waiting pending
 /// connection may give way for it), or, if `max_client_conn` is full of logged-in clients,
-/// refuses it.
-fn admit(
-    stream: Stream,
-    peer: Option<SocketAddr>,
-    ctx: &Context,
-    refusing: &Arc<Semaphore>,
-    tasks: &TaskTracker,
-) {
+/// refuses it. The client's context holds the configuration in force now.
+fn admit(stream: Stream, peer: Option<SocketAddr>, spawner: &Spawner) {
+    let ctx = spawner.ctx.for_client();
+    let tasks = spawner.tasks();
     if ctx.admission.logged_in() >= ctx.config.max_client_conn {
-        return refuse_full(stream, peer, ctx, refusing, tasks);
+        return refuse_full(stream, peer, ctx, &spawner.refusing, tasks);
     }
     let pending = ctx.prelogin.arrive(Source::of(peer, &ctx.config));
-    let ctx = ctx.clone();
     tasks.spawn(async move {
         let abort = ctx.abort.clone();
         tokio::select! {
@@ -227,14 +267,13 @@ fn admit(
 fn refuse_full(
     mut stream: Stream,
     peer: Option<SocketAddr>,
-    ctx: &Context,
+    ctx: Context,
     refusing: &Arc<Semaphore>,
     tasks: &TaskTracker,
 ) {
     let max = ctx.config.max_client_conn;
     match refusing.clone().try_acquire_owned() {
         Ok(permit) => {
-            let ctx = ctx.clone();
             tasks.spawn(async move {
                 let abort = ctx.abort.clone();
                 tokio::select! {

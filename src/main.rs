@@ -10,6 +10,7 @@ use tracing::warn;
 use tracing_subscriber::EnvFilter;
 
 use pgwarden::cli::{Cli, Run};
+use pgwarden::context::{Context, Source};
 use pgwarden::{check, config, listener, shutdown};
 
 fn main() -> ExitCode {
@@ -21,7 +22,8 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Some(Run::Check { offline }) = cli.command {
+    if let Some(Run::Check { offline }) = &cli.command {
+        let offline = *offline;
         return audit(&config, !offline);
     }
     let filter = EnvFilter::try_new(&config.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
@@ -45,7 +47,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(config)) {
+    match runtime.block_on(serve(config, cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("pgwarden: {err}");
@@ -71,7 +73,7 @@ fn audit(config: &config::Config, live: bool) -> ExitCode {
     ExitCode::from(report.exit_code())
 }
 
-async fn serve(config: config::Config) -> std::io::Result<()> {
+async fn serve(config: config::Config, cli: Cli) -> std::io::Result<()> {
     let listeners = listener::bind(&config.listen).await?;
     let config = Arc::new(config);
     // The same findings `pgwarden check` reports, as warnings, without delaying the start.
@@ -81,7 +83,10 @@ async fn serve(config: config::Config) -> std::io::Result<()> {
             warn!(key = %finding.key, "configuration check: {}", finding.message);
         }
     });
-    let token = CancellationToken::new();
-    tokio::spawn(shutdown::on_signals(token.clone()));
-    pgwarden::run(listeners, config, token).await
+    // SIGHUP reads the configuration again from the same flags, variables and file.
+    let source = Source::Flags(Box::new(cli));
+    let ctx = Context::with_source(config, CancellationToken::new(), source);
+    tokio::spawn(shutdown::on_signals(ctx.clone()));
+    tokio::spawn(shutdown::on_reload(ctx.clone()));
+    listener::serve(listeners, ctx).await
 }

@@ -209,13 +209,17 @@ async fn ready_turns_503_while_draining_and_the_listener_stops_after() {
     client.simple_query("begin").await.unwrap();
     assert_eq!(get(metrics, "/health/ready").await.status, 200);
 
-    proxy.shutdown.cancel();
+    // Draining as SIGTERM starts it: connected clients go on, readiness is off at once.
+    proxy.ctx.draining_token().cancel();
     let draining = wait_status(metrics, "/health/ready", 503).await;
     assert_eq!(
         draining.body,
         "not ready: draining: pgwarden is shutting down\n"
     );
     assert_eq!(get(metrics, "/health/live").await.status, 200);
+    client.simple_query("select 1").await.unwrap();
+    let page = get(metrics, "/metrics").await.body;
+    assert_eq!(metric(&page, "pgwarden_ready", ""), Some(0.0), "{page}");
 
     // The open transaction ends; the proxy stops, and so does its monitoring listener.
     client.simple_query("commit").await.unwrap();

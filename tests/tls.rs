@@ -342,7 +342,7 @@ async fn sighup_reads_the_certificates_again_and_keeps_the_old_ones_on_failure()
     let (_pg, proxy) = start(&certs, "prefer", "prefer", "ca.crt").await;
     std::fs::write(certs.path("server.key"), "not a key\n").unwrap();
     proxy.signal("HUP");
-    proxy.wait_for_output("TLS files not reloaded").await;
+    proxy.wait_for_output("configuration not reloaded").await;
     assert!(
         proxy.output().contains("client_tls_key_file"),
         "{}",
@@ -353,9 +353,7 @@ async fn sighup_reads_the_certificates_again_and_keeps_the_old_ones_on_failure()
     assert_eq!(psql(proxy.port, &verify, "SELECT 1"), Ok("1".to_owned()));
     std::fs::write(certs.path("server.key"), &certs.server_key).unwrap();
     proxy.signal("HUP");
-    proxy
-        .wait_for_output("TLS certificates and keys read again")
-        .await;
+    proxy.wait_for_output("configuration reloaded").await;
     assert_eq!(psql(proxy.port, &verify, "SELECT 1"), Ok("1".to_owned()));
     proxy.assert_healthy().await;
 }

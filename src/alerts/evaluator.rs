@@ -95,6 +95,12 @@ impl Evaluator {
         }
     }
 
+    /// Evaluates from now on with `thresholds` (a reload changed them); firing alerts
+    /// resolve, or fire anew, by the new ones.
+    pub fn set_thresholds(&mut self, thresholds: Thresholds) {
+        self.thresholds = thresholds;
+    }
+
     /// Reads `sample`, taken at `now` (never earlier than the last one), and says what
     /// fired and what resolved.
     pub fn step(&mut self, now: Instant, sample: &Sample) -> Vec<Transition> {

@@ -108,15 +108,14 @@ fn row(alert: &Alert, now: Instant) -> AlertRow {
     }
 }
 
-/// Evaluates the rules every [`INTERVAL`] on what `sample` returns, logs each change and
-/// publishes the alerts in `alerts`, until `stop`.
+/// Evaluates the rules every [`INTERVAL`] with the thresholds and on the sample `sample`
+/// returns, logs each change and publishes the alerts in `alerts`, until `stop`.
 pub async fn run(
     alerts: std::sync::Arc<Alerts>,
-    thresholds: Thresholds,
-    mut sample: impl FnMut() -> Sample,
+    mut sample: impl FnMut() -> (Thresholds, Sample),
     stop: CancellationToken,
 ) {
-    let mut evaluator = Evaluator::new(thresholds);
+    let mut evaluator: Option<Evaluator> = None;
     let mut tick = tokio::time::interval(INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -124,7 +123,10 @@ pub async fn run(
             _ = tick.tick() => {}
             _ = stop.cancelled() => return,
         }
-        for change in evaluator.step(Instant::now(), &sample()) {
+        let (thresholds, now) = sample();
+        let evaluator = evaluator.get_or_insert_with(|| Evaluator::new(thresholds.clone()));
+        evaluator.set_thresholds(thresholds);
+        for change in evaluator.step(Instant::now(), &now) {
             match change {
                 Transition::Fired { .. } => warn!("{change}"),
                 Transition::Resolved { .. } => info!("{change}"),

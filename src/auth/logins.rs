@@ -69,7 +69,8 @@ pub struct Logins {
     key: [u8; 32],
     /// user → (the plain password, the verifier derived from it).
     plain: DashMap<String, (String, ScramVerifier)>,
-    common: CommonCase,
+    /// Recomputed when a reload changes the users ([`Logins::set_users`]).
+    common: std::sync::Mutex<CommonCase>,
 }
 
 impl Logins {
@@ -78,12 +79,19 @@ impl Logins {
         Logins {
             key: rand::random(),
             plain: DashMap::new(),
-            common: CommonCase::of(secrets),
+            common: std::sync::Mutex::new(CommonCase::of(secrets)),
         }
     }
 
     pub fn common(&self) -> CommonCase {
-        self.common
+        *self.common.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The configured users changed (a reload): unknown users are made to look like the
+    /// new common case. The salt key stays, so every user's salt stays the same.
+    pub fn set_users<'a>(&self, secrets: impl IntoIterator<Item = &'a Secret>) {
+        let common = CommonCase::of(secrets);
+        *self.common.lock().unwrap_or_else(|p| p.into_inner()) = common;
     }
 
     /// The verifier for a user whose secret is a plain password: its salt is the user's
@@ -106,7 +114,7 @@ impl Logins {
     /// The verifier a user is tested against when SCRAM cannot check them (unknown, or an
     /// md5 secret): the salt they would have with a plain password, the common count.
     pub fn mock_verifier(&self, user: &str) -> ScramVerifier {
-        scram::mock_verifier(&scram::user_salt(&self.key, user), self.common.iterations)
+        scram::mock_verifier(&scram::user_salt(&self.key, user), self.common().iterations)
     }
 }
 

@@ -13,17 +13,17 @@ use tokio::io::AsyncWriteExt;
 use super::handshake::Startup;
 use super::ClientError;
 use crate::admission::{Client, Slots};
-use crate::auth::{self, Secret};
+use crate::auth;
 use crate::cancel::CancelHandle;
-use crate::config::{Config, Database, User};
+use crate::config::{Config, Database};
 use crate::context::Context;
-use crate::pool::{ClientId, Pool, PoolKey, PoolSettings, PooledServer};
+use crate::pool::{self, ClientId, Pool, PoolKey, PooledServer};
 use crate::prelogin::Place;
 use crate::protocol::sql::Strings;
 use crate::protocol::{messages, PgError, TransactionStatus};
 use crate::relay::Session;
 use crate::server::params::client_parameters;
-use crate::server::{Credential, ServerError, ServerTarget};
+use crate::server::ServerError;
 use crate::stats::live::ClientLogin;
 use crate::stats::ClientInfo;
 use crate::stream::Stream;
@@ -49,7 +49,9 @@ pub async fn login(
     peer: Option<SocketAddr>,
     place: Place,
 ) -> Result<LoggedIn, ClientError> {
-    let config = &ctx.config;
+    // The configuration in force as the login starts (a reload may have come since the
+    // client connected).
+    let config = &*ctx.current_config();
     let route = route(config, &startup.database)?;
     let user = config.users.get(&startup.user);
     let secret = user.and_then(|u| u.secret.as_ref());
@@ -85,9 +87,15 @@ pub async fn login(
         database: startup.database.clone(),
         user: startup.user.clone(),
     };
-    let pool = ctx
-        .pools
-        .get_or_create(key, || pool_spec(config, route, user, startup, &ctx.tls));
+    // Made from the configuration in force when the pool is created: a reload since the
+    // login started is not missed (it stores the new configuration before it goes
+    // through the pools, and this runs under the pool map's entry lock).
+    let pool = ctx.pools.get_or_create(key.clone(), || {
+        let (database, user_name) = (&startup.database, &startup.user);
+        pool::spec::from_config(&ctx.current_config(), &key, &ctx.tls).unwrap_or_else(|| {
+            pool::spec::for_route(config, route, database, user_name, user, &ctx.tls)
+        })
+    });
     let reported = match pool.login_params() {
         Some(cached) => overlay(&cached, &wanted),
         None => first_login_params(&pool, &wanted, &who).await?,
@@ -164,76 +172,8 @@ fn overlay(
 
 /// The route for a client-visible database name: a named entry, else the wildcard.
 fn route<'c>(config: &'c Config, database: &str) -> Result<&'c Database, ClientError> {
-    config
-        .databases
-        .get(database)
-        .or(config.wildcard.as_ref())
+    (config.route(database))
         .ok_or_else(|| ClientError::Refused(PgError::unknown_database(database)))
-}
-
-/// How a new pool's servers log in, and the pool's limits.
-fn pool_spec(
-    config: &Config,
-    route: &Database,
-    user: Option<&User>,
-    startup: &Startup,
-    tls: &std::sync::Arc<crate::tls::Tls>,
-) -> (ServerTarget, PoolSettings) {
-    let server_user = route.user.clone().unwrap_or_else(|| startup.user.clone());
-    let credential = match (&route.password, &route.user) {
-        (Some(password), _) => Credential::Password(password.clone()),
-        (None, Some(forced)) => {
-            credential(config.users.get(forced).and_then(|u| u.secret.as_ref()))
-        }
-        (None, None) => credential(user.and_then(|u| u.secret.as_ref())),
-    };
-    let target = ServerTarget {
-        host: route.host.clone(),
-        port: route.port,
-        dbname: route
-            .dbname
-            .clone()
-            .unwrap_or_else(|| startup.database.clone()),
-        user: server_user,
-        credential,
-        allow_cleartext: config.server_allow_cleartext_password,
-        tls: crate::server::ServerTls(tls.clone()),
-    };
-    let pool = config.pool_config(route, user);
-    let settings = PoolSettings {
-        size: pool.pool_size,
-        min_size: pool.min_pool_size,
-        reserve_size: pool.reserve_pool_size,
-        reserve_timeout: config.reserve_pool_timeout,
-        per_client: config.max_server_conn_per_client,
-        wait_notify: config.query_wait_notify,
-        login_retry: config.server_login_retry,
-        check_delay: config.server_check_delay,
-        check_query: config.server_check_query.clone(),
-        max_db_connections: pool.max_db_connections,
-        max_user_connections: pool.max_user_connections,
-        mode: pool.pool_mode,
-        reset_query: config.server_reset_query.clone(),
-        idle_timeout: config.server_idle_timeout,
-        lifetime: config.server_lifetime,
-        connect_timeout: config.server_connect_timeout,
-        wait_timeout: config.query_wait_timeout,
-        // A pool made for a name only the wildcard route matched: removable when idle.
-        autodb_idle_timeout: (!config.databases.contains_key(&startup.database))
-            .then_some(config.autodb_idle_timeout),
-        stats_period: config.stats_period,
-    };
-    (target, settings)
-}
-
-/// What pgwarden can log in to a server with, given the user's stored secret. A SCRAM
-/// verifier cannot answer a server's challenge; such users need a password in the route.
-fn credential(secret: Option<&Secret>) -> Credential {
-    match secret {
-        Some(Secret::Plain(p)) => Credential::Password(p.clone()),
-        Some(Secret::Md5(h)) => Credential::Md5Hash(h.clone()),
-        Some(Secret::Scram(_)) | None => Credential::None,
-    }
 }
 
 async fn apply_parameters(

@@ -180,6 +180,12 @@ async fn log_in(
         Err(err) => return Err(Failure { err, user: None }),
     };
     info!(%peer, user = %startup.user, database = %startup.database, "client connected");
+    if ctx.draining() && !crate::shutdown::admitted_while_draining(&startup.database) {
+        return Err(Failure {
+            err: ClientError::Refused(PgError::not_while_draining()),
+            user: Some(startup.user),
+        });
+    }
     let login = login::login(stream, buf, ctx, &startup, peer_addr, place);
     match Box::pin(handshake::with_deadline(login_timeout, login)).await {
         Ok(logged_in) => Ok(Some((startup.user, logged_in))),

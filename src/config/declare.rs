@@ -123,6 +123,15 @@ macro_rules! declare {
         ];
 
         impl Config {
+            /// Every top-level setting with its value as a user would write it, in the
+            /// order of the table (what a reload compares; no setting here is a secret).
+            pub fn values(&self) -> Vec<(&'static str, String)> {
+                vec![
+                    $( (stringify!($gkey), <$gty as Value>::show(&self.$gkey)), )+
+                    $( (stringify!($pkey), <$pty as Value>::show(&self.$pkey)), )+
+                ]
+            }
+
             /// The top-level settings from their text (a key missing: its default), with
             /// every value that does not read reported under its key; no routes or users.
             pub(super) fn read(

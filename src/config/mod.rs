@@ -99,6 +99,11 @@ impl fmt::Debug for Database {
 }
 
 impl Config {
+    /// The route for a client-visible database name: a named entry, else the wildcard.
+    pub fn route(&self, database: &str) -> Option<&Database> {
+        self.databases.get(database).or(self.wildcard.as_ref())
+    }
+
     /// The TLS settings, for [`crate::tls`].
     pub fn tls_settings(&self) -> crate::tls::TlsSettings {
         crate::tls::TlsSettings {

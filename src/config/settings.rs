@@ -142,7 +142,8 @@ declare! {
         /// How long a forwarded cancel request may take before it is given up.
         cancel_wait_timeout: Duration = Duration::from_secs(5); "DURATION", SERVERS;
 
-        /// How long shutdown waits for running transactions.
+        /// How long shutdown waits (for clients to leave after SIGTERM, for running
+        /// transactions after SIGINT) before closing the sessions left (0: no limit).
         shutdown_timeout: Duration = Duration::from_secs(30); "DURATION", PROCESS;
         /// Threads serving clients. One is the cheapest per transaction (like PgBouncer);
         /// more spread load over cores on a shared proxy.

@@ -9,7 +9,7 @@ use crate::context::Context;
 
 /// `Err` names why the proxy should get no new clients now.
 pub fn ready(ctx: &Context) -> Result<(), String> {
-    if ctx.shutdown.is_cancelled() {
+    if ctx.draining() {
         return Err("draining: pgwarden is shutting down".to_owned());
     }
     let pools = ctx.pools.snapshot();

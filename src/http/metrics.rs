@@ -23,7 +23,7 @@ pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CON
 /// The proxy's state now: pools, applications, and the sample the alert rules read.
 pub fn gather(ctx: &Context) -> Gathered {
     collect::gather(&collect::Sources {
-        config: &ctx.config,
+        config: &ctx.current_config(),
         pools: &ctx.pools,
         clients: &ctx.clients,
         refusals: &ctx.refusals,

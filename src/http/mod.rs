@@ -49,8 +49,11 @@ pub async fn start(ctx: &Context) -> io::Result<tokio_util::sync::DropGuard> {
     let sampled = ctx.clone();
     tokio::spawn(crate::alerts::run(
         ctx.alerts.clone(),
-        crate::alerts::Thresholds::of(&ctx.config),
-        move || metrics::gather(&sampled).sample,
+        // The thresholds in force (a reload may change them), and the state now.
+        move || {
+            let thresholds = crate::alerts::Thresholds::of(&sampled.current_config());
+            (thresholds, metrics::gather(&sampled).sample)
+        },
         stop.clone(),
     ));
     Ok(stop.drop_guard())

@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use super::{Pool, PoolShared};
@@ -66,7 +67,8 @@ struct State {
 
 /// The process-wide connection budget, shared by every pool.
 pub struct Budget {
-    max_server_conn: usize,
+    /// Changed by a reload; read under the state lock, so no opening sees half a change.
+    max_server_conn: AtomicUsize,
     state: Mutex<State>,
     /// Every pool, for finding an idle server to close when a cap is full.
     members: Mutex<Vec<Weak<PoolShared>>>,
@@ -75,7 +77,7 @@ pub struct Budget {
 impl Budget {
     pub fn new(max_server_conn: usize) -> Budget {
         Budget {
-            max_server_conn,
+            max_server_conn: AtomicUsize::new(max_server_conn),
             state: Mutex::default(),
             members: Mutex::default(),
         }
@@ -116,9 +118,10 @@ impl Budget {
     fn room(&self, state: &State, account: &Account) -> Result<(), BudgetCap> {
         let count = |map: &HashMap<Arc<str>, usize>, key: &Arc<str>| *map.get(key).unwrap_or(&0);
         let full = |max: usize, n: usize| max > 0 && n >= max;
-        if full(self.max_server_conn, state.total) {
+        let max_server_conn = self.max_server_conn.load(Ordering::Relaxed);
+        if full(max_server_conn, state.total) {
             return Err(BudgetCap::Total {
-                max: self.max_server_conn,
+                max: max_server_conn,
             });
         }
         let max = account.max_db_connections;
@@ -175,8 +178,15 @@ impl Budget {
         };
         members
             .iter()
-            .filter(|m| !Arc::ptr_eq(&m.0, &pool.0) && cap.covers(&m.0.account))
+            .filter(|m| !Arc::ptr_eq(&m.0, &pool.0) && cap.covers(&m.spec().account))
             .any(|m| m.evict_idle(cap))
+    }
+
+    /// A new `max_server_conn` (zero: unlimited). Connections above a lowered cap stay
+    /// until they close; the caller wakes starved pools after a raise ([`Budget::wake`]).
+    pub(super) fn set_max_server_conn(&self, max: usize) {
+        let _state = self.state();
+        self.max_server_conn.store(max, Ordering::Relaxed);
     }
 
     /// Backend connections open (or opening) in total.

@@ -40,11 +40,14 @@ impl Pool {
         F: FnMut(String) -> Fut,
         Fut: Future<Output = ()>,
     {
-        let settings = &self.0.settings;
+        // Read once: a reload during the wait does not move this client's deadline.
+        let (wait_timeout, wait_notify) = {
+            let settings = &self.spec().settings;
+            (settings.wait_timeout, settings.wait_notify)
+        };
         let started = tokio::time::Instant::now();
-        let deadline = (!settings.wait_timeout.is_zero()).then(|| started + settings.wait_timeout);
-        let mut notify_at =
-            (!settings.wait_notify.is_zero()).then(|| started + settings.wait_notify);
+        let deadline = (!wait_timeout.is_zero()).then(|| started + wait_timeout);
+        let mut notify_at = (!wait_notify.is_zero()).then(|| started + wait_notify);
         // The clock is read again only for a client that had to queue.
         let mut queued = false;
         loop {
@@ -56,7 +59,8 @@ impl Pool {
                 Entry::Failed(err) => return Err(err),
                 Entry::Queued(mut waiter) => {
                     queued = true;
-                    let wait = self.wait(&mut waiter, deadline, &mut notify_at, &mut notify);
+                    let times = (deadline, wait_timeout);
+                    let wait = self.wait(&mut waiter, times, &mut notify_at, &mut notify);
                     wait.await?
                 }
             };
@@ -111,7 +115,7 @@ impl Pool {
     async fn wait<F, Fut>(
         &self,
         waiter: &mut Waiter,
-        deadline: Option<tokio::time::Instant>,
+        (deadline, wait_timeout): (Option<tokio::time::Instant>, std::time::Duration),
         notify_at: &mut Option<tokio::time::Instant>,
         notify: &mut F,
     ) -> Result<Grant, CheckoutError>
@@ -119,9 +123,11 @@ impl Pool {
         F: FnMut(String) -> Fut,
         Fut: Future<Output = ()>,
     {
-        let settings = &self.0.settings;
-        let mut reserve_at = (settings.reserve_size > 0)
-            .then(|| tokio::time::Instant::now() + settings.reserve_timeout);
+        let mut reserve_at = {
+            let settings = &self.spec().settings;
+            (settings.reserve_size > 0)
+                .then(|| tokio::time::Instant::now() + settings.reserve_timeout)
+        };
         let far = || tokio::time::Instant::now() + std::time::Duration::from_secs(86_400);
         loop {
             tokio::select! {
@@ -130,7 +136,7 @@ impl Pool {
                     return grant.map_err(|_| CheckoutError::Closed(self.0.name.clone()));
                 }
                 _ = tokio::time::sleep_until(deadline.unwrap_or_else(far)), if deadline.is_some() => {
-                    return Err(self.wait_timeout(&waiter.who));
+                    return Err(self.wait_timeout(&waiter.who, wait_timeout));
                 }
                 _ = tokio::time::sleep_until(reserve_at.unwrap_or_else(far)), if reserve_at.is_some() => {
                     reserve_at = None;
@@ -146,14 +152,14 @@ impl Pool {
         }
     }
 
-    fn wait_timeout(&self, who: &ClientId) -> CheckoutError {
+    fn wait_timeout(&self, who: &ClientId, timeout: std::time::Duration) -> CheckoutError {
         self.0.refusals.count(Cap::QueryWaitTimeout);
         let cause = self.waiting_on(&self.state(), who);
         warn!(pool = %self.0.name, client = %who, cause, "query_wait_timeout reached");
         CheckoutError::WaitTimeout {
             pool: self.0.name.clone(),
             who: who.clone(),
-            timeout: self.0.settings.wait_timeout,
+            timeout,
             cause,
         }
     }
@@ -162,16 +168,20 @@ impl Pool {
     /// aged out, or fails `server_check_query` having been idle `server_check_delay`.
     /// `None`: it was closed, try again.
     async fn ready(&self, server: Box<ServerConn>, who: &ClientId) -> Option<PooledServer> {
-        let settings = &self.0.settings;
         let now = Instant::now();
-        let check = !settings.check_query.is_empty()
-            && now.duration_since(server.last_used) >= settings.check_delay;
+        let check = {
+            let settings = &self.spec().settings;
+            !settings.check_query.is_empty()
+                && now.duration_since(server.last_used) >= settings.check_delay
+        };
         let mut guard = PooledServer::new(server, self.clone(), self.holder(who));
         if let Some(reason) = self.unusable(&guard, now) {
             guard.close(reason);
             return None;
         }
         if check {
+            let spec = self.0.spec.load_full(); // held across the check's await
+            let settings = &spec.settings;
             let testing = self.testing(&guard);
             let checked =
                 tokio::time::timeout(settings.connect_timeout, guard.exec(&settings.check_query))
@@ -187,7 +197,10 @@ impl Pool {
 
     /// Why an idle server must not be handed out, if it must not.
     pub(super) fn unusable(&self, server: &ServerConn, now: Instant) -> Option<&'static str> {
-        let lifetime = self.0.settings.lifetime;
+        if !self.is_current(server) {
+            return Some("its route now leads elsewhere (reload)");
+        }
+        let lifetime = self.spec().settings.lifetime;
         if !lifetime.is_zero() && now.duration_since(server.created) >= lifetime {
             return Some("server_lifetime reached");
         }
@@ -201,12 +214,13 @@ impl Pool {
     /// `Ok(None)`: the server pushed back (too many connections, starting up); the client
     /// waits on while the pool backs off.
     async fn open_server(&self, who: &ClientId) -> Result<Option<PooledServer>, CheckoutError> {
-        let settings = &self.0.settings;
+        let (target, connect_timeout) = {
+            let spec = self.spec();
+            (spec.target.clone(), spec.settings.connect_timeout)
+        };
+        let addr = target.addr_label();
         // Boxed: the login is large and rare, and every checkout's future would be its size.
-        let connect = Box::pin(server::connect(
-            self.0.target.clone(),
-            settings.connect_timeout,
-        ));
+        let connect = Box::pin(server::connect(target, connect_timeout));
         // A client that goes while its server logs in (evicted, cancelled) gives the slot
         // back: a pool not yet proven opens one at a time and would otherwise wait for ever.
         let mut slot = Slot {
@@ -220,7 +234,7 @@ impl Pool {
         slot.abandoned = false;
         match outcome {
             Ok(mut server) => {
-                info!(pool = %self.0.name, server_id = server.id, addr = %self.0.target.addr_label(), "server connected");
+                info!(pool = %self.0.name, server_id = server.id, %addr, "server connected");
                 self.list_server(&mut server);
                 self.remember_login_params(&server);
                 self.login_succeeded();
@@ -256,7 +270,7 @@ impl Pool {
 
     /// `who`, when the pool counts what each identity holds.
     pub(super) fn holder(&self, who: &ClientId) -> Option<ClientId> {
-        (self.0.settings.per_client > 0).then(|| who.clone())
+        (self.spec().settings.per_client > 0).then(|| who.clone())
     }
 }
 

@@ -21,7 +21,7 @@ impl Pool {
     /// as far as the caps allow. Returns the budget cap that stopped it, if one did: the
     /// caller (with no lock held) may close an idle server elsewhere to make room.
     pub(super) fn dispatch(&self, state: &mut PoolState) -> Option<BudgetCap> {
-        let per_client = self.0.settings.per_client;
+        let per_client = self.spec().settings.per_client;
         while !state.queue.is_empty() && !state.idle.is_empty() {
             let held = &state.held;
             let Some(at) = state.queue.next(|who, _| may_hold(held, per_client, who)) else {
@@ -43,7 +43,8 @@ impl Pool {
     /// Lets waiters open new connections while under `pool_size` (or the reserve, for
     /// those that waited `reserve_pool_timeout`), the budget and the login back-off.
     fn grant_slots(&self, state: &mut PoolState) -> Option<BudgetCap> {
-        let settings = &self.0.settings;
+        let spec = self.spec();
+        let settings = &spec.settings;
         let now = Instant::now();
         let mut spare = false; // a slot handed to a waiter that had just given up
         while !state.queue.is_empty() {
@@ -61,7 +62,7 @@ impl Pool {
                 break;
             };
             if !spare {
-                if let Err(cap) = self.0.budget.open(&self.0.account, Some(self)) {
+                if let Err(cap) = self.0.budget.open(&spec.account, Some(self)) {
                     state.budget_blocked = Some(cap.clone());
                     return Some(cap);
                 }
@@ -83,7 +84,7 @@ impl Pool {
         }
         if spare {
             state.open -= 1;
-            if self.0.budget.close(&self.0.account) {
+            if self.0.budget.close(&spec.account) {
                 // Rare (a waiter gave up as its slot came); no waking under a pool lock.
                 let budget = self.0.budget.clone();
                 tokio::spawn(async move { budget.wake() });
@@ -140,10 +141,11 @@ impl Pool {
     /// Records a failed login. Unless Postgres only pushed back, the clients waiting get
     /// the cached error now rather than waiting for a retry that would fail the same way.
     pub(super) fn login_failed(&self, err: &ServerError) {
-        let failure = Arc::new(Failure::new(err, self.0.settings.login_retry));
+        let retry = self.spec().settings.login_retry;
+        let failure = Arc::new(Failure::new(err, retry));
         let mut state = self.state();
         state.login.failing = Some(failure.clone());
-        state.login.retry_at = Some(Instant::now() + self.0.settings.login_retry);
+        state.login.retry_at = Some(Instant::now() + retry);
         if failure.backpressure {
             return;
         }
@@ -177,18 +179,18 @@ impl Pool {
     }
 
     pub(super) fn may_hold(&self, held: &HashMap<ClientId, usize>, who: &ClientId) -> bool {
-        may_hold(held, self.0.settings.per_client, who)
+        may_hold(held, self.spec().settings.per_client, who)
     }
 
     /// Counts one more server (or slot) held by `who`, if holdings are counted.
     pub(super) fn hold(&self, held: &mut HashMap<ClientId, usize>, who: Option<&ClientId>) {
-        if let Some(who) = who.filter(|_| self.0.settings.per_client > 0) {
+        if let Some(who) = who.filter(|_| self.spec().settings.per_client > 0) {
             *held.entry(who.clone()).or_insert(0) += 1;
         }
     }
 
     fn unhold(&self, held: &mut HashMap<ClientId, usize>, who: Option<&ClientId>) {
-        if let Some(who) = who.filter(|_| self.0.settings.per_client > 0) {
+        if let Some(who) = who.filter(|_| self.spec().settings.per_client > 0) {
             if let Some(n) = held.get_mut(who) {
                 *n -= 1;
                 if *n == 0 {
@@ -201,14 +203,24 @@ impl Pool {
     /// Returns a clean, idle server held by `who`: to the waiter whose turn it is, or to
     /// the idle list.
     pub(super) fn checkin(&self, mut server: Box<ServerConn>, who: Option<&ClientId>) {
+        if !self.is_current(&server) {
+            return self.discard(server, "its route now leads elsewhere (reload)", who);
+        }
         server.last_used = Instant::now();
         Pool::mark_idle(&server);
+        let spec = self.spec();
         let mut state = self.state();
         self.unhold(&mut state.held, who);
-        if self.0.closed.is_cancelled() {
+        // Above the pool's limits only after a reload lowered them: the surplus goes.
+        let settings = &spec.settings;
+        let surplus = state.open > (settings.size + settings.reserve_size).max(settings.min_size);
+        if self.0.closed.is_cancelled() || surplus {
+            if surplus {
+                info!(pool = %self.0.name, server_id = server.id, reason = "pool_size lowered (reload)", "server closed");
+            }
             drop(server);
             state.open -= 1;
-            let starved = self.0.budget.close(&self.0.account);
+            let starved = self.0.budget.close(&spec.account);
             drop(state);
             if starved {
                 self.0.budget.wake();
@@ -231,7 +243,7 @@ impl Pool {
             let mut state = self.state();
             self.unhold(&mut state.held, who);
             state.open -= 1;
-            self.0.budget.close(&self.0.account)
+            self.0.budget.close(&self.spec().account)
         };
         if starved {
             self.0.budget.wake();
@@ -260,7 +272,7 @@ impl Pool {
         let server = state.idle.remove(0);
         state.open -= 1;
         // The pool that asked for room takes it; it is not among those to wake.
-        let _ = self.0.budget.close(&self.0.account);
+        let _ = self.0.budget.close(&self.spec().account);
         drop(state);
         info!(pool = %self.0.name, server_id = server.id, reason = %format!("room for a waiter under {cap}"), "server closed");
         true
@@ -276,7 +288,7 @@ impl Pool {
         };
         let mut starved = false;
         for _ in &idle {
-            starved |= self.0.budget.close(&self.0.account);
+            starved |= self.0.budget.close(&self.spec().account);
         }
         if starved {
             self.0.budget.wake();
@@ -286,7 +298,8 @@ impl Pool {
 
     /// What `who` is waiting on, naming the cap and its value.
     pub(super) fn waiting_on(&self, state: &PoolState, who: &ClientId) -> String {
-        let settings = &self.0.settings;
+        let spec = self.spec();
+        let settings = &spec.settings;
         if !may_hold(&state.held, settings.per_client, who) {
             return format!(
                 "max_server_conn_per_client = {} for {who}",

@@ -42,7 +42,9 @@ impl PooledServer {
         let Some(mut server) = this.server.take() else {
             return;
         };
-        let settings = this.pool.settings();
+        // The settings as an Arc: held across the reset's await.
+        let spec = this.pool.0.spec.load_full();
+        let settings = &spec.settings;
         let testing = this.pool.testing(&server);
         let reset = tokio::time::timeout(
             settings.connect_timeout,

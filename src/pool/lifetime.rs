@@ -1,7 +1,8 @@
 //! When a pool goes. Clients hold a [`PoolLease`] for as long as they use a pool; when the
 //! last one leaves, a pool whose server login never succeeded is removed at once (a
 //! made-up database name must not leave a pool behind), and a pool made for the wildcard
-//! route is removed once unused for `autodb_idle_timeout`. A removed pool stops its
+//! route is removed once unused for `autodb_idle_timeout`, and a pool whose route or user
+//! a reload removed goes with its last client ([`Pool::orphan`]). A removed pool stops its
 //! maintenance, closes its idle servers (releasing their caps) and accepts no lease; a
 //! client arriving meanwhile gets a fresh pool. A login failure still fresh is remembered
 //! by key, so a new pool for the same name keeps failing fast instead of trying again.
@@ -92,7 +93,7 @@ impl Pool {
     /// lock, so no lease can be taken meanwhile.
     fn mark_retired(&self, now: Instant) -> bool {
         let never_logged_in = self.login_params().is_none();
-        let auto_idle = self.0.settings.autodb_idle_timeout;
+        let auto_idle = self.spec().settings.autodb_idle_timeout;
         let mut state = self.state();
         if state.clients > 0 || state.retired {
             return false;
@@ -100,7 +101,7 @@ impl Pool {
         let unused_too_long = auto_idle.filter(|t| !t.is_zero()).is_some_and(|timeout| {
             (state.unused_since).is_some_and(|since| now.duration_since(since) >= timeout)
         });
-        let go = (never_logged_in && state.open == 0) || unused_too_long;
+        let go = (never_logged_in && state.open == 0) || unused_too_long || state.orphaned;
         state.retired |= go;
         go
     }

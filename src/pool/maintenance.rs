@@ -24,14 +24,15 @@ pub(super) async fn run(pool: Pool) {
         if pool.retire_if_unneeded() {
             return;
         }
-        (pool.0.counters).tick(Instant::now(), pool.0.settings.stats_period);
+        (pool.0.counters).tick(Instant::now(), pool.spec().settings.stats_period);
         close_expired(&pool);
         fill_to_minimum(&pool).await;
     }
 }
 
 fn close_expired(pool: &Pool) {
-    let settings = &pool.0.settings;
+    let spec = pool.spec();
+    let settings = &spec.settings;
     let now = Instant::now();
     let mut closed = 0;
     {
@@ -61,7 +62,7 @@ fn close_expired(pool: &Pool) {
     }
     let mut starved = false;
     for _ in 0..closed {
-        starved |= pool.0.budget.close(&pool.0.account);
+        starved |= pool.0.budget.close(&spec.account);
     }
     if starved {
         pool.0.budget.wake();
@@ -70,6 +71,7 @@ fn close_expired(pool: &Pool) {
 
 /// Slots for the connections `min_pool_size` still wants, as far as the budget allows.
 fn min_slots(pool: &Pool) -> usize {
+    let spec = pool.spec();
     let mut state = pool.state();
     if !state.login.may_open(state.open, Instant::now()) {
         return 0;
@@ -81,23 +83,26 @@ fn min_slots(pool: &Pool) -> usize {
     };
     let mut slots = 0;
     while slots < most
-        && state.open < pool.0.settings.min_size
-        && pool.0.budget.open(&pool.0.account, None).is_ok()
+        && state.open < spec.settings.min_size
+        && pool.0.budget.open(&spec.account, None).is_ok()
     {
         state.open += 1;
         slots += 1;
     }
     if slots > 0 && state.login.failing.is_some() {
-        state.login.retry_at = Some(Instant::now() + pool.0.settings.login_retry);
+        state.login.retry_at = Some(Instant::now() + spec.settings.login_retry);
     }
     slots
 }
 
 async fn fill_to_minimum(pool: &Pool) {
     for _ in 0..min_slots(pool) {
+        let (target, timeout) = {
+            let spec = pool.spec();
+            (spec.target.clone(), spec.settings.connect_timeout)
+        };
         let opening = pool.opening();
-        let connect = server::connect(pool.0.target.clone(), pool.0.settings.connect_timeout);
-        let outcome = connect.await;
+        let outcome = server::connect(target, timeout).await;
         drop(opening);
         match outcome {
             Ok(mut server) => {

@@ -9,6 +9,8 @@
 //! - [`checkout`]: getting a server (fast path, waiting, opening, checking).
 //! - [`dispatch`]: giving servers and slots back and handing them to waiters.
 //! - [`lifetime`]: client leases, and when a pool is removed.
+//! - [`spec`]: a pool's target and settings, made from the configuration and swapped by
+//!   a reload ([`Pools::reconfigure`]).
 
 mod budget;
 mod checkout;
@@ -17,7 +19,9 @@ mod guard;
 mod lifetime;
 mod maintenance;
 mod queue;
+mod reconfigure;
 mod snapshot;
+pub mod spec;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -39,7 +43,11 @@ pub use budget::{Account, Budget, BudgetCap};
 pub use guard::{Leaving, PooledServer};
 pub use lifetime::PoolLease;
 pub use queue::ClientId;
+pub use reconfigure::PoolsReport;
 pub use snapshot::{PoolSnapshot, ServerCounts};
+pub use spec::{Reconfigured, Settings};
+
+use spec::Spec;
 
 /// The limits and timings of one pool, resolved from global, database and user settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -201,6 +209,8 @@ struct PoolState {
     unused_since: Option<Instant>,
     /// Removed from the registry: no new lease, maintenance stopped.
     retired: bool,
+    /// Its route or user left the configuration: removed when its last client leaves.
+    orphaned: bool,
 }
 
 pub(crate) struct PoolShared {
@@ -208,9 +218,8 @@ pub(crate) struct PoolShared {
     key: PoolKey,
     /// Where the pool is registered, to remove itself when no longer needed.
     registry: Weak<Registry>,
-    target: Arc<ServerTarget>,
-    settings: PoolSettings,
-    account: Account,
+    /// Target, settings and account: one lock-free load per read, swapped by a reload.
+    spec: arc_swap::ArcSwap<Spec>,
     budget: Arc<Budget>,
     refusals: Arc<Refusals>,
     state: Mutex<PoolState>,
@@ -252,8 +261,18 @@ impl Pool {
         &self.0.name
     }
 
-    pub fn settings(&self) -> &PoolSettings {
-        &self.0.settings
+    /// The settings in force now (a reload may change them; see [`spec`]).
+    pub fn settings(&self) -> Settings {
+        Settings(self.spec())
+    }
+
+    /// Where its servers log in now.
+    pub fn target(&self) -> Arc<ServerTarget> {
+        self.spec().target.clone()
+    }
+
+    fn spec(&self) -> arc_swap::Guard<Arc<Spec>> {
+        self.0.spec.load()
     }
 
     /// Its counters, which the relay adds to at the end of each request.
@@ -329,7 +348,7 @@ impl Pool {
             .login_params
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        if cached.is_none() {
+        if cached.is_none() && self.is_current(server) {
             *cached = Some(Arc::new(server.reported().clone()));
         }
     }
@@ -430,12 +449,7 @@ impl Pools {
     }
 
     fn new_pool(&self, key: &PoolKey, target: ServerTarget, settings: PoolSettings) -> Pool {
-        let account = Account {
-            database: key.database.as_str().into(),
-            user: key.user.as_str().into(),
-            max_db_connections: settings.max_db_connections,
-            max_user_connections: settings.max_user_connections,
-        };
+        let spec = Spec::new(key, Arc::new(target), settings);
         let mut state = PoolState::default();
         if let Some(remembered) = self.0.recall(key, Instant::now()) {
             state.login.failing = Some(remembered.failure);
@@ -445,9 +459,7 @@ impl Pools {
             name: format!("{}/{}", key.database, key.user),
             key: key.clone(),
             registry: Arc::downgrade(&self.0),
-            target: Arc::new(target),
-            settings,
-            account,
+            spec: arc_swap::ArcSwap::from_pointee(spec),
             budget: self.0.budget.clone(),
             refusals: self.0.refusals.clone(),
             state: Mutex::new(state),

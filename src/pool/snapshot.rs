@@ -67,7 +67,8 @@ impl Pool {
     /// The pool's counts now.
     pub fn snapshot(&self) -> PoolSnapshot {
         let now = Instant::now();
-        let settings = &self.0.settings;
+        let spec = self.spec();
+        let settings = &spec.settings;
         let opening = self.0.opening.load(Ordering::Relaxed);
         let testing = self.0.testing.load(Ordering::Relaxed);
         let state = self.state();
@@ -108,7 +109,7 @@ impl Pool {
             pinned_by_reason: Vec::new(),
             waiting_on,
             login_failing: state.login.failing.as_ref().map(|f| f.text.clone()),
-            server_addr: self.0.target.addr_label(),
+            server_addr: spec.target.addr_label(),
             settings: settings.clone(),
             totals: self.0.counters.totals(),
         };
@@ -122,12 +123,12 @@ impl Pool {
 
     /// Its averages over the last `stats_period` (SHOW STATS' `avg_` columns).
     pub fn averages(&self) -> Averages {
-        (self.0.counters).averages(Instant::now(), self.0.settings.stats_period)
+        (self.0.counters).averages(Instant::now(), self.spec().settings.stats_period)
     }
 
     /// Its waits over the last one to two `stats_period`s, for percentiles.
     pub fn recent_waits(&self) -> Totals {
-        (self.0.counters).recent_waits(Instant::now(), self.0.settings.stats_period)
+        (self.0.counters).recent_waits(Instant::now(), self.spec().settings.stats_period)
     }
 
     /// What the client identity `who` waits on now, if it waits in this pool.
@@ -141,7 +142,8 @@ impl Pool {
 
     /// Lists a freshly logged-in server for SHOW SERVERS.
     pub(super) fn list_server(&self, server: &mut ServerConn) {
-        let target = &self.0.target;
+        // The server's own target: after a reload repointed the pool, it may differ.
+        let target = server.target.clone();
         let info = ServerInfo::new(
             server.id,
             ServerLogin {

@@ -145,6 +145,14 @@ impl PgError {
         )
     }
 
+    /// A new connection while pgwarden drains (after its startup packet, so it is shown).
+    pub fn not_while_draining() -> Self {
+        PgError::fatal(
+            sqlstate::ADMIN_SHUTDOWN,
+            "pgwarden is shutting down and accepts no new connections",
+        )
+    }
+
     pub fn too_many_clients(max: usize) -> Self {
         PgError::fatal(
             sqlstate::TOO_MANY_CONNECTIONS,

@@ -11,7 +11,6 @@ use super::io;
 use super::link::{over_startup, Link};
 use super::machine::{Checks, Stop};
 use super::End;
-use crate::config::PoolMode;
 use crate::pool::{Leaving, PooledServer};
 use crate::protocol::errors::Severity;
 use crate::protocol::{sqlstate, PgError};
@@ -31,8 +30,8 @@ impl Link<'_> {
             _ if self.machine.server_clean() => {
                 server.buf = mem::take(&mut self.machine.s2c.buf);
                 // A server that kept state for its pinned client is reset like a session's.
-                let reset = self.pool.settings().mode == PoolMode::Session
-                    || !self.machine.pins().is_empty();
+                // The session's own mode, not the pool's: a reload may have changed that.
+                let reset = self.machine.keeps_server();
                 return match reset {
                     true => server.release(true).await,
                     false => server.checkin_idle(),

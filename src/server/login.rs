@@ -81,6 +81,14 @@ impl ServerTarget {
         }
     }
 
+    /// Whether `other` leads to the same backend (host, port, database, user): servers
+    /// opened for one serve the other. Credentials and TLS are not compared; a changed
+    /// password does not make an open server wrong.
+    pub fn same_endpoint(&self, other: &ServerTarget) -> bool {
+        (self.host == other.host && self.port == other.port)
+            && (self.dbname == other.dbname && self.user == other.user)
+    }
+
     pub fn is_unix(&self) -> bool {
         self.host.starts_with('/')
     }

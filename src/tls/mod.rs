@@ -282,7 +282,8 @@ fn need<'a>(
 
 /// The TLS state every connection reads when it negotiates, which SIGHUP replaces.
 pub struct Tls {
-    settings: TlsSettings,
+    /// Replaced by a reload that changes them ([`Tls::apply`]).
+    settings: RwLock<TlsSettings>,
     loaded: RwLock<Arc<Loaded>>,
 }
 
@@ -307,7 +308,7 @@ impl Tls {
             }
         });
         Tls {
-            settings,
+            settings: RwLock::new(settings),
             loaded: RwLock::new(Arc::new(loaded)),
         }
     }
@@ -322,21 +323,20 @@ impl Tls {
 
     /// Reads the certificate files again; on failure the old ones stay.
     pub fn reload(&self) -> Result<(), Vec<TlsError>> {
-        let loaded = self.settings.load()?;
-        *self.loaded.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(loaded);
-        Ok(())
+        let settings = self
+            .settings
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        self.apply(settings)
     }
 
-    /// [`reload`](Tls::reload), logged: success at INFO, each problem at WARN.
-    pub fn reload_logged(&self) {
-        match self.reload() {
-            Ok(()) => tracing::info!("TLS certificates and keys read again"),
-            Err(errors) => {
-                for error in errors {
-                    tracing::warn!(cause = %error, "TLS files not reloaded; keeping the old ones");
-                }
-            }
-        }
+    /// Puts `settings` in force, their files read now; on failure nothing changes.
+    pub fn apply(&self, settings: TlsSettings) -> Result<(), Vec<TlsError>> {
+        let loaded = settings.load()?;
+        *self.settings.write().unwrap_or_else(|p| p.into_inner()) = settings;
+        *self.loaded.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(loaded);
+        Ok(())
     }
 }
 
