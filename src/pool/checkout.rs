@@ -8,6 +8,7 @@ use std::time::Instant;
 use tokio::sync::oneshot;
 use tracing::{info, warn};
 
+use super::spec::Spec;
 use super::{CheckoutError, ClientId, Grant, Pool, PooledServer, Waiting};
 use crate::refusals::Cap;
 use crate::server::{self, ServerConn, ServerError};
@@ -169,13 +170,15 @@ impl Pool {
     /// `None`: it was closed, try again.
     async fn ready(&self, server: Box<ServerConn>, who: &ClientId) -> Option<PooledServer> {
         let now = Instant::now();
-        let check = {
-            let settings = &self.spec().settings;
-            !settings.check_query.is_empty()
-                && now.duration_since(server.last_used) >= settings.check_delay
+        let (check, unusable) = {
+            let spec = self.spec();
+            let settings = &spec.settings;
+            let check = !settings.check_query.is_empty()
+                && now.duration_since(server.last_used) >= settings.check_delay;
+            (check, unusable(&spec, &server, now))
         };
         let mut guard = PooledServer::new(server, self.clone(), self.holder(who));
-        if let Some(reason) = self.unusable(&guard, now) {
+        if let Some(reason) = unusable {
             guard.close(reason);
             return None;
         }
@@ -193,21 +196,6 @@ impl Pool {
             }
         }
         Some(guard)
-    }
-
-    /// Why an idle server must not be handed out, if it must not.
-    pub(super) fn unusable(&self, server: &ServerConn, now: Instant) -> Option<&'static str> {
-        if !self.is_current(server) {
-            return Some("its route now leads elsewhere (reload)");
-        }
-        let lifetime = self.spec().settings.lifetime;
-        if !lifetime.is_zero() && now.duration_since(server.created) >= lifetime {
-            return Some("server_lifetime reached");
-        }
-        if server.stream.has_pending_input() {
-            return Some("server closed the connection or sent data while idle");
-        }
-        None
     }
 
     /// Opens a backend connection in a slot already counted in `open` and the budget.
@@ -270,7 +258,7 @@ impl Pool {
 
     /// `who`, when the pool counts what each identity holds.
     pub(super) fn holder(&self, who: &ClientId) -> Option<ClientId> {
-        (self.spec().settings.per_client > 0).then(|| who.clone())
+        (self.per_client() > 0).then(|| who.clone())
     }
 }
 
@@ -314,4 +302,19 @@ impl Drop for Waiter {
             Err(_) => self.pool.leave_queue(&self.who, self.id),
         }
     }
+}
+
+/// Why an idle server must not be handed out under `spec`, if it must not.
+pub(super) fn unusable(spec: &Spec, server: &ServerConn, now: Instant) -> Option<&'static str> {
+    if !spec.leads_to(server) {
+        return Some("its route now leads elsewhere (reload)");
+    }
+    let lifetime = spec.settings.lifetime;
+    if !lifetime.is_zero() && now.duration_since(server.created) >= lifetime {
+        return Some("server_lifetime reached");
+    }
+    if server.stream.has_pending_input() {
+        return Some("server closed the connection or sent data while idle");
+    }
+    None
 }

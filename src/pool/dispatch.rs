@@ -21,7 +21,7 @@ impl Pool {
     /// as far as the caps allow. Returns the budget cap that stopped it, if one did: the
     /// caller (with no lock held) may close an idle server elsewhere to make room.
     pub(super) fn dispatch(&self, state: &mut PoolState) -> Option<BudgetCap> {
-        let per_client = self.spec().settings.per_client;
+        let per_client = self.per_client();
         while !state.queue.is_empty() && !state.idle.is_empty() {
             let held = &state.held;
             let Some(at) = state.queue.next(|who, _| may_hold(held, per_client, who)) else {
@@ -179,18 +179,18 @@ impl Pool {
     }
 
     pub(super) fn may_hold(&self, held: &HashMap<ClientId, usize>, who: &ClientId) -> bool {
-        may_hold(held, self.spec().settings.per_client, who)
+        may_hold(held, self.per_client(), who)
     }
 
     /// Counts one more server (or slot) held by `who`, if holdings are counted.
     pub(super) fn hold(&self, held: &mut HashMap<ClientId, usize>, who: Option<&ClientId>) {
-        if let Some(who) = who.filter(|_| self.spec().settings.per_client > 0) {
+        if let Some(who) = who.filter(|_| self.per_client() > 0) {
             *held.entry(who.clone()).or_insert(0) += 1;
         }
     }
 
     fn unhold(&self, held: &mut HashMap<ClientId, usize>, who: Option<&ClientId>) {
-        if let Some(who) = who.filter(|_| self.spec().settings.per_client > 0) {
+        if let Some(who) = who.filter(|_| self.per_client() > 0) {
             if let Some(n) = held.get_mut(who) {
                 *n -= 1;
                 if *n == 0 {
@@ -203,12 +203,13 @@ impl Pool {
     /// Returns a clean, idle server held by `who`: to the waiter whose turn it is, or to
     /// the idle list.
     pub(super) fn checkin(&self, mut server: Box<ServerConn>, who: Option<&ClientId>) {
-        if !self.is_current(&server) {
+        let spec = self.spec();
+        if !spec.leads_to(&server) {
+            drop(spec);
             return self.discard(server, "its route now leads elsewhere (reload)", who);
         }
         server.last_used = Instant::now();
         Pool::mark_idle(&server);
-        let spec = self.spec();
         let mut state = self.state();
         self.unhold(&mut state.held, who);
         // Above the pool's limits only after a reload lowered them: the surplus goes.

@@ -45,8 +45,7 @@ fn close_expired(pool: &Pool) {
             let idle_too_long = !settings.idle_timeout.is_zero()
                 && now.duration_since(server.last_used) >= settings.idle_timeout
                 && open > settings.min_size;
-            let reason = pool
-                .unusable(&server, now)
+            let reason = super::checkout::unusable(&spec, &server, now)
                 .or(idle_too_long.then_some("server_idle_timeout reached"));
             match reason {
                 Some(reason) => {

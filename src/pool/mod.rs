@@ -220,6 +220,9 @@ pub(crate) struct PoolShared {
     registry: Weak<Registry>,
     /// Target, settings and account: one lock-free load per read, swapped by a reload.
     spec: arc_swap::ArcSwap<Spec>,
+    /// `max_server_conn_per_client` of the spec in force, read on every checkout and
+    /// checkin: a plain load rather than a spec load.
+    per_client: AtomicUsize,
     budget: Arc<Budget>,
     refusals: Arc<Refusals>,
     state: Mutex<PoolState>,
@@ -273,6 +276,11 @@ impl Pool {
 
     fn spec(&self) -> arc_swap::Guard<Arc<Spec>> {
         self.0.spec.load()
+    }
+
+    /// `max_server_conn_per_client` in force (0: holdings are not counted).
+    fn per_client(&self) -> usize {
+        self.0.per_client.load(Ordering::Relaxed)
     }
 
     /// Its counters, which the relay adds to at the end of each request.
@@ -459,6 +467,7 @@ impl Pools {
             name: format!("{}/{}", key.database, key.user),
             key: key.clone(),
             registry: Arc::downgrade(&self.0),
+            per_client: AtomicUsize::new(spec.settings.per_client),
             spec: arc_swap::ArcSwap::from_pointee(spec),
             budget: self.0.budget.clone(),
             refusals: self.0.refusals.clone(),

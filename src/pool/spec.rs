@@ -27,6 +27,11 @@ pub(crate) struct Spec {
 }
 
 impl Spec {
+    /// Whether `server` leads where this spec does.
+    pub(super) fn leads_to(&self, server: &ServerConn) -> bool {
+        Arc::ptr_eq(&server.target, &self.target) || server.target.same_endpoint(&self.target)
+    }
+
     pub(super) fn new(key: &PoolKey, target: Arc<ServerTarget>, settings: PoolSettings) -> Spec {
         let account = Account {
             database: key.database.as_str().into(),
@@ -93,9 +98,11 @@ impl Pool {
         };
         let stop_holding = settings.per_client == 0 && old.settings.per_client > 0;
         let most = settings.size + settings.reserve_size;
+        let per_client = settings.per_client;
         self.0
             .spec
             .store(Arc::new(Spec::new(&self.0.key, target, settings)));
+        (self.0.per_client).store(per_client, std::sync::atomic::Ordering::Relaxed);
         let extra = {
             let mut state = self.state();
             state.orphaned = false;
@@ -146,8 +153,7 @@ impl Pool {
 
     /// Whether `server` leads where the pool leads now (else it is closed, not reused).
     pub(super) fn is_current(&self, server: &ServerConn) -> bool {
-        let spec = self.spec();
-        Arc::ptr_eq(&server.target, &spec.target) || server.target.same_endpoint(&spec.target)
+        self.spec().leads_to(server)
     }
 
     /// Gives back the budget of idle servers already taken out of the pool's count.
