@@ -13,6 +13,7 @@ use crate::config::Config;
 use crate::pool::Pools;
 use crate::prelogin::PreLogin;
 use crate::refusals::Refusals;
+use crate::stats::alerts::AlertSource;
 use crate::stats::{ClientInfo, Live};
 
 #[derive(Clone)]
@@ -35,6 +36,8 @@ pub struct Context {
     pub abort: CancellationToken,
     /// Every logged-in client, for SHOW CLIENTS and KILL.
     pub clients: Live<ClientInfo>,
+    /// What SHOW ALERTS lists: set by the alert rules; none, no rows.
+    pub alert_source: Option<Arc<dyn AlertSource>>,
 }
 
 impl Context {
@@ -52,6 +55,7 @@ impl Context {
             )),
             abort: CancellationToken::new(),
             clients: Live::default(),
+            alert_source: None,
             shutdown,
             config,
         }

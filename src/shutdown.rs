@@ -40,3 +40,30 @@ pub async fn on_reload(
         tls.reload_logged();
     }
 }
+
+/// The console's RELOAD: what can be read again while running is read again (today the
+/// TLS files, as SIGHUP does). Says what happened, or why nothing changed.
+pub fn reload(ctx: &crate::context::Context) -> Result<String, String> {
+    info!(source = "RELOAD", "reloading TLS certificates");
+    match ctx.tls.reload() {
+        Ok(()) => Ok("TLS files read again".to_owned()),
+        Err(errors) => {
+            let reasons: Vec<String> = errors.iter().map(ToString::to_string).collect();
+            warn!(reasons = ?reasons, "TLS files not reloaded; the ones in force stay");
+            Err(reasons.join("; "))
+        }
+    }
+}
+
+/// The console's SET: puts `new` (the configuration in force with one setting changed) in
+/// force. Settings go live with the configuration reload; until then this refuses, so the
+/// value shown stays the value in force.
+pub fn apply_config(
+    _ctx: &crate::context::Context,
+    _new: crate::config::Config,
+    key: &str,
+) -> Result<(), String> {
+    Err(format!(
+        "{key} cannot be changed while running yet: set it in the configuration and restart"
+    ))
+}

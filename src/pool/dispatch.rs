@@ -21,6 +21,9 @@ impl Pool {
     /// as far as the caps allow. Returns the budget cap that stopped it, if one did: the
     /// caller (with no lock held) may close an idle server elsewhere to make room.
     pub(super) fn dispatch(&self, state: &mut PoolState) -> Option<BudgetCap> {
+        if state.paused {
+            return None; // waiters wait for RESUME
+        }
         let per_client = self.0.settings.per_client;
         while !state.queue.is_empty() && !state.idle.is_empty() {
             let held = &state.held;
@@ -205,7 +208,11 @@ impl Pool {
         Pool::mark_idle(&server);
         let mut state = self.state();
         self.unhold(&mut state.held, who);
-        if self.0.closed.is_cancelled() {
+        let close = Pool::must_close(&state, &server);
+        if self.0.closed.is_cancelled() || close.is_some() {
+            if let Some(reason) = close {
+                info!(pool = %self.0.name, server_id = server.id, reason, "server closed");
+            }
             drop(server);
             state.open -= 1;
             let starved = self.0.budget.close(&self.0.account);

@@ -71,6 +71,9 @@ fn close_expired(pool: &Pool) {
 /// Slots for the connections `min_pool_size` still wants, as far as the budget allows.
 fn min_slots(pool: &Pool) -> usize {
     let mut state = pool.state();
+    if state.paused {
+        return 0;
+    }
     if !state.login.may_open(state.open, Instant::now()) {
         return 0;
     }

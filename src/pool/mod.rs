@@ -12,15 +12,17 @@
 
 mod budget;
 mod checkout;
+mod control;
 mod dispatch;
 mod guard;
 mod lifetime;
 mod maintenance;
+mod pins;
 mod queue;
 mod snapshot;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
@@ -36,8 +38,10 @@ use crate::server::{ServerConn, ServerError, ServerTarget};
 use crate::stats::{Live, PoolCounters, ServerInfo};
 
 pub use budget::{Account, Budget, BudgetCap};
+pub use control::{ControlError, Paused};
 pub use guard::{Leaving, PooledServer};
 pub use lifetime::PoolLease;
+pub use pins::PinGuard;
 pub use queue::ClientId;
 pub use snapshot::{PoolSnapshot, ServerCounts};
 
@@ -201,6 +205,10 @@ struct PoolState {
     unused_since: Option<Instant>,
     /// Removed from the registry: no new lease, maintenance stopped.
     retired: bool,
+    /// PAUSE: no server handed out or opened, every one returned is closed ([`control`]).
+    paused: bool,
+    /// RECONNECT: servers opened before this are closed instead of reused.
+    reconnect_before: Option<Instant>,
 }
 
 pub(crate) struct PoolShared {
@@ -283,37 +291,6 @@ impl Pool {
         }
     }
 
-    /// Counts a client as pinned, for `reasons`, for as long as the returned guard lives.
-    pub fn pin(&self, reasons: Vec<&'static str>) -> PinGuard {
-        self.0.pinned.fetch_add(1, Ordering::Relaxed);
-        self.count_reasons(&reasons, 1);
-        PinGuard {
-            pool: self.clone(),
-            reasons,
-        }
-    }
-
-    /// Pinned clients by reason.
-    pub fn pinned_by_reason(&self) -> Vec<(&'static str, usize)> {
-        self.pin_reasons().clone()
-    }
-
-    fn pin_reasons(&self) -> MutexGuard<'_, Vec<(&'static str, usize)>> {
-        (self.0.pin_reasons.lock()).unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    fn count_reasons(&self, reasons: &[&'static str], up: isize) {
-        let mut counts = self.pin_reasons();
-        for reason in reasons {
-            match counts.iter_mut().find(|(r, _)| r == reason) {
-                Some((_, n)) => *n = n.saturating_add_signed(up),
-                None if up > 0 => counts.push((reason, 1)),
-                None => {}
-            }
-        }
-        counts.retain(|(_, n)| *n > 0);
-    }
-
     pub fn login_params(&self) -> Option<Arc<BTreeMap<String, String>>> {
         self.0
             .login_params
@@ -332,32 +309,6 @@ impl Pool {
         if cached.is_none() {
             *cached = Some(Arc::new(server.reported().clone()));
         }
-    }
-
-    pub fn pinned_clients(&self) -> usize {
-        self.0.pinned.load(Ordering::Relaxed)
-    }
-}
-
-/// A pinned client's mark on its pool; dropped when the pin ends or the client leaves.
-pub struct PinGuard {
-    pool: Pool,
-    reasons: Vec<&'static str>,
-}
-
-impl PinGuard {
-    /// The client is still pinned, now for `reasons`.
-    pub fn set(&mut self, reasons: Vec<&'static str>) {
-        self.pool.count_reasons(&self.reasons, -1);
-        self.pool.count_reasons(&reasons, 1);
-        self.reasons = reasons;
-    }
-}
-
-impl Drop for PinGuard {
-    fn drop(&mut self) {
-        self.pool.count_reasons(&self.reasons, -1);
-        self.pool.0.pinned.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -380,6 +331,8 @@ pub(crate) struct Registry {
     refusals: Arc<Refusals>,
     closed: CancellationToken,
     servers: Live<ServerInfo>,
+    /// What the console paused or disabled, for pools made later too.
+    control: Mutex<control::Control>,
 }
 
 impl Pools {
@@ -391,6 +344,7 @@ impl Pools {
             refusals,
             closed: CancellationToken::new(),
             servers: Live::default(),
+            control: Mutex::default(),
         }))
     }
 
@@ -436,7 +390,10 @@ impl Pools {
             max_db_connections: settings.max_db_connections,
             max_user_connections: settings.max_user_connections,
         };
-        let mut state = PoolState::default();
+        let mut state = PoolState {
+            paused: self.is_paused(&key.database),
+            ..PoolState::default()
+        };
         if let Some(remembered) = self.0.recall(key, Instant::now()) {
             state.login.failing = Some(remembered.failure);
             state.login.retry_at = Some(remembered.retry_at);

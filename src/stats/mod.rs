@@ -6,8 +6,10 @@
 //!   and the wait-time histogram, with their snapshots, averages and percentiles.
 //! - [`live`]: registries of connected clients and open servers (SHOW CLIENTS / SERVERS):
 //!   an entry is listed at login or connect and unlisted when dropped.
+//! - [`alerts`]: the seam the alert rules fill for SHOW ALERTS.
 //! - [`clock`]: microseconds on one monotonic clock, and their wall-clock time.
 
+pub mod alerts;
 pub mod clock;
 pub mod counters;
 pub mod live;
