@@ -373,19 +373,32 @@ async fn psql_reads_every_show_and_runs_commands() {
         );
         assert!(stdout.trim_end().ends_with(" rows)") || stdout.trim_end().ends_with(" row)"));
     }
-    let out = psql(&proxy, "admin", "admin_pw", "PAUSE appdb; RESUME appdb").await;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "PAUSE\nRESUME\n");
+    let commands = "PAUSE appdb; RESUME appdb; DISABLE appdb; ENABLE appdb; RECONNECT appdb; \
+                    KILL appdb; RESUME; PAUSE; RESUME; RELOAD";
+    let out = psql(&proxy, "admin", "admin_pw", commands).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let tags: Vec<&str> = stdout.lines().collect();
+    let expected = [
+        "PAUSE", "RESUME", "DISABLE", "ENABLE", "RECONNECT", "KILL", "RESUME", "PAUSE", "RESUME",
+        "RELOAD",
+    ];
+    assert_eq!(tags, expected);
+    let out = psql(&proxy, "admin", "admin_pw", "KILL_CLIENT 424242").await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no client with id 424242"), "{stderr}");
+    let out = psql(&proxy, "admin", "admin_pw", "SET listen = '127.0.0.1:1'").await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("listen cannot be changed while running"), "{stderr}");
     let out = psql(&proxy, "stats", "stats_pw", "RELOAD").await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success() && stderr.contains("permission denied"),
         "{stderr}"
     );
+    let out = psql(&proxy, "admin", "admin_pw", "SHUTDOWN").await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(proxy.shutdown.is_cancelled());
     proxy.stop().await;
 }
 
@@ -513,5 +526,50 @@ async fn the_extended_protocol_and_unknown_commands_are_refused_clearly() {
     }
     // An empty query is answered as Postgres does.
     assert!(admin.simple_query(";").await.is_ok());
+    proxy.stop().await;
+}
+
+/// A client waiting for the only server: SHOW CLIENTS names the cap it waits on, SHOW
+/// POOLS counts it and its wait, and the wait lands in the percentiles once it is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_client_shows_the_cap_it_waits_on() {
+    let pg = tokio::task::spawn_blocking(PgServer::start).await.unwrap();
+    let toml = console_config(&pg, "").replace("pool_size = 4", "pool_size = 1");
+    let proxy = start_proxy(&toml).await;
+    let admin = console(&proxy, "admin", "admin_pw").await;
+    let holder = app_client(&proxy, "holder").await;
+    holder.simple_query("BEGIN").await.unwrap();
+    let waiter = app_client(&proxy, "waiter").await;
+    let query = tokio::spawn(async move { waiter.simple_query("SELECT 1").await.map(|_| waiter) });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let clients = loop {
+        let clients = ask(&admin, "SHOW CLIENTS").await;
+        let row = clients.row_where("application_name", "waiter").cloned();
+        if row.is_some_and(|r| clients.cell(&r, "state").as_deref() == Some("waiting")) {
+            break clients;
+        }
+        assert!(std::time::Instant::now() < deadline, "the client never waited");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    let row = clients.row_where("application_name", "waiter").unwrap();
+    assert_eq!(clients.cell(row, "waiting_on").as_deref(), Some("pool_size = 1"));
+    let identity = clients.cell(row, "identity");
+    assert_eq!(identity.as_deref(), Some("application \"waiter\""));
+    tokio::time::sleep(std::time::Duration::from_millis(60)).await;
+    let pools = ask(&admin, "SHOW POOLS").await;
+    let pool = pools.row_where("database", "appdb").unwrap();
+    assert_eq!(pools.cell(pool, "cl_waiting").as_deref(), Some("1"));
+    assert_eq!(pools.cell(pool, "waiting_on").as_deref(), Some("pool_size = 1"));
+    let waited_us: u64 = pools.cell(pool, "maxwait_us").unwrap().parse().unwrap();
+    let waited_s: u64 = pools.cell(pool, "maxwait").unwrap().parse().unwrap();
+    assert!(waited_s > 0 || waited_us >= 50_000, "maxwait {waited_s} s {waited_us} us");
+    holder.simple_query("COMMIT").await.unwrap();
+    let waiter = query.await.unwrap().expect("served once the server is back");
+    let pools = ask(&admin, "SHOW POOLS").await;
+    let pool = pools.row_where("database", "appdb").unwrap();
+    let p99: u64 = pools.cell(pool, "wait_p99_us").unwrap().parse().unwrap();
+    assert!(p99 >= 50_000, "p99 {p99} us after a wait of more than 50 ms");
+    assert_eq!(pools.cell(pool, "waiting_on"), None);
+    drop(waiter);
     proxy.stop().await;
 }
