@@ -29,6 +29,8 @@
 //!   without dropping a client.
 //! - [`stream`]: TCP and Unix sockets, and TLS over TCP, behind one type.
 //! - [`tls`]: rustls acceptor (clients) and connector (servers) per `sslmode`, reloadable.
+//! - [`console`]: the admin console (database `pgwarden` or `pgbouncer`): SHOW, PAUSE,
+//!   KILL, RELOAD, SET... with PgBouncer's columns.
 //! - [`context`]: what every client task shares.
 //! - [`refusals`]: counts of refusals by cap.
 //! - [`stats`]: per-pool counters (transactions, queries, bytes, waits) and the live
@@ -44,6 +46,7 @@ pub mod check;
 pub use config::cli;
 pub mod client;
 pub mod config;
+pub mod console;
 pub mod context;
 pub mod http;
 pub mod listener;

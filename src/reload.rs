@@ -73,6 +73,22 @@ pub fn reload(ctx: &Context) -> Result<ReloadReport, ReloadError> {
     outcome
 }
 
+/// The console's `SET key = value`: the configuration in force with one setting changed,
+/// checked as at start and put in force as a reload would (until the next reload reads
+/// the file again, as in PgBouncer).
+pub fn set(ctx: &Context, key: &str, value: &str) -> Result<ReloadReport, ConfigErrors> {
+    let _one_at_a_time = ctx
+        .control
+        .reloading
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    let old = ctx.current_config();
+    let new = crate::config::with_setting(&old, key, value)?;
+    let report = apply(ctx, &old, new)?;
+    log_report(&report);
+    Ok(report)
+}
+
 /// Puts a valid `new` in force in place of `old`.
 fn apply(ctx: &Context, old: &Config, mut new: Config) -> Result<ReloadReport, ConfigErrors> {
     let needs_restart = diff::keep_restart_only(old, &mut new);

@@ -98,3 +98,76 @@ async fn clients_and_servers_are_listed_while_connected() {
     .await;
     proxy.stop().await;
 }
+
+/// A client as app whose connection task the test holds, to cut its socket at will.
+async fn cuttable(proxy: &Proxy) -> (tokio_postgres::Client, tokio::task::JoinHandle<()>) {
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host("127.0.0.1")
+        .port(proxy.addr.port())
+        .user("app")
+        .password("app_pw")
+        .dbname("appdb");
+    let (client, connection) = config.connect(tokio_postgres::NoTls).await.unwrap();
+    let task = tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    (client, task)
+}
+
+/// Bad logins count nothing; a client whose socket is cut mid-transaction counts its
+/// answered queries and no transaction; a storm of 50 logins counts each of its
+/// transactions once: the totals are exact, in the snapshot and in SHOW STATS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counters_are_exact_after_bad_logins_a_cut_socket_and_a_storm() {
+    let pg = tokio::task::spawn_blocking(PgServer::start).await.unwrap();
+    let proxy = start_proxy(&common::console::console_config(&pg, "")).await;
+    for _ in 0..10 {
+        let refused = proxy.try_connect("app", "wrong", "appdb").await;
+        assert!(refused.is_err(), "a wrong password logs in");
+    }
+    let steady = proxy.connect("app", "app_pw", "appdb").await;
+    for _ in 0..100 {
+        steady.simple_query("SELECT 1").await.unwrap();
+    }
+    let (cut, task) = cuttable(&proxy).await;
+    cut.simple_query("BEGIN").await.unwrap();
+    cut.simple_query("SELECT 1").await.unwrap();
+    task.abort(); // the socket closes without a Terminate, mid-transaction
+    eventually("the cut client to leave", || proxy.ctx.clients.len() == 1).await;
+    let storm: Vec<_> = (0..50)
+        .map(|_| {
+            let url = proxy.url("app", "app_pw", "appdb");
+            tokio::spawn(async move {
+                let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                    .await
+                    .expect("storm login");
+                tokio::spawn(connection);
+                client.simple_query("SELECT 1").await.unwrap();
+                client.simple_query("SELECT 2").await.unwrap();
+            })
+        })
+        .collect();
+    for login in storm {
+        login.await.unwrap();
+    }
+    eventually("the storm to leave", || proxy.ctx.clients.len() == 1).await;
+    let totals = snapshot(&proxy, "appdb", "app").totals;
+    assert_eq!(totals.xact_count, 100 + 100);
+    assert_eq!(totals.query_count, 100 + 2 + 100);
+    assert_eq!(totals.client_logins, 1 + 1 + 50, "bad logins are no logins");
+    let admin = common::console::console(&proxy, "admin", "admin_pw").await;
+    let stats = common::console::ask(&admin, "SHOW STATS").await;
+    let row = stats.row_where("database", "appdb").unwrap();
+    assert_eq!(stats.cell(row, "total_xact_count").as_deref(), Some("200"));
+    assert_eq!(stats.cell(row, "total_query_count").as_deref(), Some("202"));
+    assert_eq!(
+        stats.cell(row, "total_client_connect_count").as_deref(),
+        Some("52")
+    );
+    let totals_row = common::console::ask(&admin, "SHOW STATS_TOTALS").await;
+    let row = totals_row.row_where("database", "appdb").unwrap();
+    assert_eq!(totals_row.cell(row, "xact_count").as_deref(), Some("200"));
+    drop(steady);
+    proxy.stop().await;
+}

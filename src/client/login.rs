@@ -32,10 +32,14 @@ use crate::stream::Stream;
 const INVALID_PARAMETER_VALUE: &str = "22023";
 
 /// A logged-in client: its session and its places under the client caps.
-pub struct LoggedIn {
-    pub session: Session,
-    /// Its places under `max_client_conn` and the per-identity caps, until dropped.
-    pub slots: Slots,
+pub enum LoggedIn {
+    Relay {
+        session: Session,
+        /// Its places under `max_client_conn` and the per-identity caps, until dropped.
+        slots: Slots,
+    },
+    /// The admin console (database `pgwarden` or `pgbouncer`); boxed, being rare.
+    Console(Box<crate::console::Session>),
 }
 
 /// Logs a client in; the [`Slots`] it gets hold its places under `max_client_conn` and the
@@ -52,7 +56,20 @@ pub async fn login(
     // The configuration in force as the login starts (a reload may have come since the
     // client connected).
     let config = &*ctx.current_config();
+    if crate::console::is_console(&startup.database) {
+        let console = super::console::login(stream, buf, ctx, startup, peer, place).await?;
+        return Ok(LoggedIn::Console(Box::new(console)));
+    }
     let route = route(config, &startup.database)?;
+    if ctx.pools.is_disabled(&startup.database) {
+        return Err(ClientError::Refused(PgError::fatal(
+            "55000",
+            format!(
+                "database \"{}\" is not currently accepting connections (DISABLE on the pgwarden console)",
+                startup.database
+            ),
+        )));
+    }
     let user = config.users.get(&startup.user);
     let secret = user.and_then(|u| u.secret.as_ref());
     auth::authenticate(
@@ -133,7 +150,7 @@ pub async fn login(
         listing,
         killed,
     };
-    Ok(LoggedIn { session, slots })
+    Ok(LoggedIn::Relay { session, slots })
 }
 
 /// The parameters a client is told at login, from a pool that has none cached yet: a real
@@ -188,7 +205,7 @@ async fn apply_parameters(
 }
 
 /// AuthenticationOk, the server's parameters, our cancel key, ReadyForQuery: one write.
-fn login_ok(reported: &BTreeMap<String, String>, cancel: &CancelHandle) -> BytesMut {
+pub(super) fn login_ok(reported: &BTreeMap<String, String>, cancel: &CancelHandle) -> BytesMut {
     let mut out = BytesMut::with_capacity(512);
     messages::authentication(Authentication::Ok, &mut out);
     for (name, value) in reported {

@@ -5,6 +5,7 @@
 //! connection accepted while `max_client_conn` is full goes through the startup phase
 //! only, to be refused where its client can show why ([`refuse_full`]).
 
+mod console;
 mod handshake;
 mod login;
 
@@ -99,7 +100,7 @@ pub fn serve(
             peer,
             buf,
         } = admitted;
-        let login::LoggedIn { session, slots } = logged_in;
+        let (session, slots) = logged_in;
         let reason = crate::relay::run(&stream, buf, session, &ctx).await;
         drop(slots);
         info!(%peer, user = %user, reason = %reason, "client disconnected");
@@ -108,7 +109,8 @@ pub fn serve(
 
 /// A client that logged in, and what its session starts with.
 struct Admitted {
-    logged_in: login::LoggedIn,
+    /// Its session and its places under the client caps.
+    logged_in: (crate::relay::Session, crate::admission::Slots),
     user: String,
     peer: String,
     /// What it sent after its login messages.
@@ -132,8 +134,16 @@ async fn admit(
         why = eviction.wait() => Err(Failure { err: ClientError::GaveWay(why), user: None }),
     };
     match outcome {
-        Ok(Some((user, logged_in))) => Some(Admitted {
-            logged_in,
+        Ok(Some((user, login::LoggedIn::Console(console)))) => {
+            // Served here, inside the boxed login: the session future every idle client
+            // is made of does not carry the console.
+            let buf = std::mem::take(&mut buf);
+            let reason = crate::console::run(stream, buf, *console, ctx).await;
+            info!(%peer, user = %user, reason = %reason, "console client disconnected");
+            None
+        }
+        Ok(Some((user, login::LoggedIn::Relay { session, slots }))) => Some(Admitted {
+            logged_in: (session, slots),
             user,
             peer,
             buf,
@@ -256,7 +266,7 @@ mod tests {
         let client = super::serve(crate::stream::Stream::Unix(socket), None, ctx, pending);
         let size = size_of_future(&client);
         eprintln!("client task future: {size} bytes");
-        // 1384 bytes today (debug build; 1424 before the session was abortable and
+        // 1400 bytes today (debug build; 1424 before the session was abortable and
         // metered, 1392 before the pre-login place); 19 KiB before the login and server phases were
         // boxed, 2 KiB while the session's futures kept their arguments twice.
         let limit = 1536;

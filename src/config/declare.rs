@@ -149,6 +149,27 @@ macro_rules! declare {
                 }
             }
 
+            /// Every top-level setting's value in force, as a user would write it, in the
+            /// order of the table (SHOW CONFIG).
+            pub fn shown(&self) -> Vec<(&'static str, String)> {
+                vec![
+                    $( (stringify!($gkey), Value::show(&self.$gkey)), )+
+                    $( (stringify!($pkey), Value::show(&self.$pkey)), )+
+                ]
+            }
+
+            /// Sets the top-level setting `key` from its text (as in the file); the reason
+            /// when the text does not read, `None` for an unknown key.
+            pub fn set_value(&mut self, key: &str, text: &str) -> Option<Result<(), String>> {
+                match key {
+                    $( stringify!($gkey) => Some(<$gty as Value>::parse(text)
+                        .map(|v| self.$gkey = v)), )+
+                    $( stringify!($pkey) => Some(<$pty as Value>::parse(text)
+                        .map(|v| self.$pkey = v)), )+
+                    _ => None,
+                }
+            }
+
             /// The per-pool settings for a pool of `route` and `user`: the user's value, else
             /// the database's, else the top level's.
             pub fn pool_config(&self, route: &Database, user: Option<&User>) -> PoolConfig {

@@ -16,7 +16,7 @@ pub mod value;
 pub use declare::{Scope, Setting};
 pub use settings::{Config, Overrides, PoolConfig, SETTINGS};
 
-pub use validate::{from_sources, from_toml};
+pub use validate::{from_sources, from_toml, with_setting};
 pub use validate::{load, ConfigError, ConfigErrors};
 
 /// When a client's server goes back to the pool.

@@ -138,6 +138,22 @@ fn syntax_error(text: &str, cli: &Cli, error: &toml::de::Error) -> ConfigErrors 
 
 /// Checks the merged settings and builds the [`Config`], or lists everything wrong with them:
 /// top-level settings first, then routes, then users.
+/// `config` with the top-level setting `key` at `value` (as the file would give it),
+/// checked as at start (ranges, relations, TLS files): the console's SET.
+pub fn with_setting(config: &Config, key: &str, value: &str) -> Result<Config, ConfigErrors> {
+    let mut check = Checker::default();
+    let mut new = config.clone();
+    match new.set_value(key, value) {
+        None => check.error(key, "unknown key"),
+        Some(Err(reason)) => check.error(key, reason),
+        Some(Ok(())) => {
+            check.limits(&mut new);
+            check.tls(&new);
+        }
+    }
+    check.finish(new)
+}
+
 fn validate(merged: FileConfig) -> Result<Config, ConfigErrors> {
     let mut check = Checker::default();
     for key in merged.settings.keys() {

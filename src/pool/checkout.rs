@@ -129,6 +129,7 @@ impl Pool {
             (settings.reserve_size > 0)
                 .then(|| tokio::time::Instant::now() + settings.reserve_timeout)
         };
+        let mut deadline = deadline;
         let far = || tokio::time::Instant::now() + std::time::Duration::from_secs(86_400);
         loop {
             tokio::select! {
@@ -137,7 +138,11 @@ impl Pool {
                     return grant.map_err(|_| CheckoutError::Closed(self.0.name.clone()));
                 }
                 _ = tokio::time::sleep_until(deadline.unwrap_or_else(far)), if deadline.is_some() => {
-                    return Err(self.wait_timeout(&waiter.who, wait_timeout));
+                    // Time spent paused does not count: queries wait for RESUME, not fail.
+                    if !self.is_paused() {
+                        return Err(self.wait_timeout(&waiter.who, wait_timeout));
+                    }
+                    deadline = Some(tokio::time::Instant::now() + wait_timeout);
                 }
                 _ = tokio::time::sleep_until(reserve_at.unwrap_or_else(far)), if reserve_at.is_some() => {
                     reserve_at = None;

@@ -21,6 +21,9 @@ impl Pool {
     /// as far as the caps allow. Returns the budget cap that stopped it, if one did: the
     /// caller (with no lock held) may close an idle server elsewhere to make room.
     pub(super) fn dispatch(&self, state: &mut PoolState) -> Option<BudgetCap> {
+        if state.paused {
+            return None; // waiters wait for RESUME
+        }
         let per_client = self.per_client();
         while !state.queue.is_empty() && !state.idle.is_empty() {
             let held = &state.held;
@@ -215,9 +218,11 @@ impl Pool {
         // Above the pool's limits only after a reload lowered them: the surplus goes.
         let settings = &spec.settings;
         let surplus = state.open > (settings.size + settings.reserve_size).max(settings.min_size);
-        if self.0.closed.is_cancelled() || surplus {
-            if surplus {
-                info!(pool = %self.0.name, server_id = server.id, reason = "pool_size lowered (reload)", "server closed");
+        let close =
+            Pool::must_close(&state, &server).or(surplus.then_some("pool_size lowered (reload)"));
+        if self.0.closed.is_cancelled() || close.is_some() {
+            if let Some(reason) = close {
+                info!(pool = %self.0.name, server_id = server.id, reason, "server closed");
             }
             drop(server);
             state.open -= 1;

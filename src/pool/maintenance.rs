@@ -72,6 +72,9 @@ fn close_expired(pool: &Pool) {
 fn min_slots(pool: &Pool) -> usize {
     let spec = pool.spec();
     let mut state = pool.state();
+    if state.paused {
+        return 0;
+    }
     if !state.login.may_open(state.open, Instant::now()) {
         return 0;
     }

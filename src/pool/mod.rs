@@ -14,17 +14,19 @@
 
 mod budget;
 mod checkout;
+mod control;
 mod dispatch;
 mod guard;
 mod lifetime;
 mod maintenance;
+mod pins;
 mod queue;
 mod reconfigure;
 mod snapshot;
 pub mod spec;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
@@ -40,8 +42,10 @@ use crate::server::{ServerConn, ServerError, ServerTarget};
 use crate::stats::{Live, PoolCounters, ServerInfo};
 
 pub use budget::{Account, Budget, BudgetCap};
+pub use control::{ControlError, Paused};
 pub use guard::{Leaving, PooledServer};
 pub use lifetime::PoolLease;
+pub use pins::PinGuard;
 pub use queue::ClientId;
 pub use reconfigure::PoolsReport;
 pub use snapshot::{PoolSnapshot, ServerCounts};
@@ -211,6 +215,10 @@ struct PoolState {
     retired: bool,
     /// Its route or user left the configuration: removed when its last client leaves.
     orphaned: bool,
+    /// PAUSE: no server handed out or opened, every one returned is closed ([`control`]).
+    paused: bool,
+    /// RECONNECT: servers opened before this are closed instead of reused.
+    reconnect_before: Option<Instant>,
 }
 
 pub(crate) struct PoolShared {
@@ -280,7 +288,7 @@ impl Pool {
 
     /// `max_server_conn_per_client` in force (0: holdings are not counted).
     fn per_client(&self) -> usize {
-        self.0.per_client.load(Ordering::Relaxed)
+        self.0.per_client.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Its counters, which the relay adds to at the end of each request.
@@ -310,37 +318,6 @@ impl Pool {
         }
     }
 
-    /// Counts a client as pinned, for `reasons`, for as long as the returned guard lives.
-    pub fn pin(&self, reasons: Vec<&'static str>) -> PinGuard {
-        self.0.pinned.fetch_add(1, Ordering::Relaxed);
-        self.count_reasons(&reasons, 1);
-        PinGuard {
-            pool: self.clone(),
-            reasons,
-        }
-    }
-
-    /// Pinned clients by reason.
-    pub fn pinned_by_reason(&self) -> Vec<(&'static str, usize)> {
-        self.pin_reasons().clone()
-    }
-
-    fn pin_reasons(&self) -> MutexGuard<'_, Vec<(&'static str, usize)>> {
-        (self.0.pin_reasons.lock()).unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    fn count_reasons(&self, reasons: &[&'static str], up: isize) {
-        let mut counts = self.pin_reasons();
-        for reason in reasons {
-            match counts.iter_mut().find(|(r, _)| r == reason) {
-                Some((_, n)) => *n = n.saturating_add_signed(up),
-                None if up > 0 => counts.push((reason, 1)),
-                None => {}
-            }
-        }
-        counts.retain(|(_, n)| *n > 0);
-    }
-
     pub fn login_params(&self) -> Option<Arc<BTreeMap<String, String>>> {
         self.0
             .login_params
@@ -359,32 +336,6 @@ impl Pool {
         if cached.is_none() && self.is_current(server) {
             *cached = Some(Arc::new(server.reported().clone()));
         }
-    }
-
-    pub fn pinned_clients(&self) -> usize {
-        self.0.pinned.load(Ordering::Relaxed)
-    }
-}
-
-/// A pinned client's mark on its pool; dropped when the pin ends or the client leaves.
-pub struct PinGuard {
-    pool: Pool,
-    reasons: Vec<&'static str>,
-}
-
-impl PinGuard {
-    /// The client is still pinned, now for `reasons`.
-    pub fn set(&mut self, reasons: Vec<&'static str>) {
-        self.pool.count_reasons(&self.reasons, -1);
-        self.pool.count_reasons(&reasons, 1);
-        self.reasons = reasons;
-    }
-}
-
-impl Drop for PinGuard {
-    fn drop(&mut self) {
-        self.pool.count_reasons(&self.reasons, -1);
-        self.pool.0.pinned.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -407,6 +358,8 @@ pub(crate) struct Registry {
     refusals: Arc<Refusals>,
     closed: CancellationToken,
     servers: Live<ServerInfo>,
+    /// What the console paused or disabled, for pools made later too.
+    control: Mutex<control::Control>,
 }
 
 impl Pools {
@@ -418,6 +371,7 @@ impl Pools {
             refusals,
             closed: CancellationToken::new(),
             servers: Live::default(),
+            control: Mutex::default(),
         }))
     }
 
@@ -458,7 +412,10 @@ impl Pools {
 
     fn new_pool(&self, key: &PoolKey, target: ServerTarget, settings: PoolSettings) -> Pool {
         let spec = Spec::new(key, Arc::new(target), settings);
-        let mut state = PoolState::default();
+        let mut state = PoolState {
+            paused: self.is_paused(&key.database),
+            ..PoolState::default()
+        };
         if let Some(remembered) = self.0.recall(key, Instant::now()) {
             state.login.failing = Some(remembered.failure);
             state.login.retry_at = Some(remembered.retry_at);

@@ -126,6 +126,11 @@ impl Pool {
         (self.0.counters).averages(Instant::now(), self.spec().settings.stats_period)
     }
 
+    /// What it did over the last `stats_period`, and how long that was.
+    pub fn last_period(&self) -> (Totals, Duration) {
+        (self.0.counters).last_period(Instant::now(), self.spec().settings.stats_period)
+    }
+
     /// Its waits over the last one to two `stats_period`s, for percentiles.
     pub fn recent_waits(&self) -> Totals {
         (self.0.counters).recent_waits(Instant::now(), self.spec().settings.stats_period)
@@ -148,6 +153,7 @@ impl Pool {
             server.id,
             ServerLogin {
                 database: self.0.key.database.clone(),
+                pool_user: self.0.key.user.clone(),
                 user: target.user.clone(),
                 addr: match target.is_unix() {
                     true => target.addr_label(),
@@ -201,6 +207,16 @@ impl Drop for Busy<'_> {
 }
 
 impl Pools {
+    /// Every pool, by database then user.
+    pub fn all_sorted(&self) -> Vec<Pool> {
+        let mut all = self.all();
+        all.sort_by(|a, b| {
+            let (a, b) = (&a.0.key, &b.0.key);
+            (&a.database, &a.user).cmp(&(&b.database, &b.user))
+        });
+        all
+    }
+
     /// Every pool's snapshot, by database then user.
     pub fn snapshot(&self) -> Vec<PoolSnapshot> {
         let mut all: Vec<PoolSnapshot> = self.all().iter().map(Pool::snapshot).collect();

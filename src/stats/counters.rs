@@ -139,11 +139,15 @@ impl PoolCounters {
 
     /// The averages over the last full `stats_period` (or since start, before one passed).
     pub fn averages(&self, now: Instant, period: Duration) -> Averages {
+        let (delta, elapsed) = self.last_period(now, period);
+        Averages::of(&delta, elapsed)
+    }
+
+    /// What happened over the last full `stats_period`, and how long that was.
+    pub fn last_period(&self, now: Instant, period: Duration) -> (Totals, Duration) {
         self.tick(now, period);
         let window = self.window.lock().unwrap_or_else(|p| p.into_inner());
-        window
-            .as_ref()
-            .map_or_else(Averages::default, Window::averages)
+        window.as_ref().map_or_else(Default::default, Window::delta)
     }
 
     /// The waits recorded over the last one to two `stats_period`s.
@@ -305,8 +309,14 @@ impl Window {
     }
 
     pub fn averages(&self) -> Averages {
+        let (delta, elapsed) = self.delta();
+        Averages::of(&delta, elapsed)
+    }
+
+    /// What lies between the two snapshots, and how long that was.
+    pub fn delta(&self) -> (Totals, Duration) {
         let elapsed = self.newer.0.saturating_duration_since(self.older.0);
-        Averages::of(&self.newer.1.minus(&self.older.1), elapsed)
+        (self.newer.1.minus(&self.older.1), elapsed)
     }
 }
 

@@ -292,6 +292,8 @@ pub struct ServerInfo {
     pub id: u64,
     /// The pool's database and user (as clients name them).
     pub database: String,
+    pub pool_user: String,
+    /// The user it is logged in to the server as.
     pub user: String,
     /// Where it is connected (`host:port` or a socket path).
     pub addr: String,
@@ -310,6 +312,7 @@ pub struct ServerInfo {
 /// What a [`ServerInfo`] is made of at connect.
 pub struct ServerLogin {
     pub database: String,
+    pub pool_user: String,
     pub user: String,
     pub addr: String,
     pub port: u16,
@@ -324,6 +327,7 @@ impl ServerInfo {
         ServerInfo {
             id,
             database: login.database,
+            pool_user: login.pool_user,
             user: login.user,
             addr: login.addr,
             port: login.port,

@@ -24,6 +24,7 @@ pub use proxy::*;
 
 // Helpers shared by some of the test binaries; `dead_code` above covers them in the others.
 pub mod clients;
+pub mod console;
 pub mod fake_server;
 pub mod hostile;
 pub mod http;
