@@ -208,11 +208,7 @@ impl Pool {
         Pool::mark_idle(&server);
         let mut state = self.state();
         self.unhold(&mut state.held, who);
-        let close = Pool::must_close(&state, &server);
-        if self.0.closed.is_cancelled() || close.is_some() {
-            if let Some(reason) = close {
-                info!(pool = %self.0.name, server_id = server.id, reason, "server closed");
-            }
+        if self.0.closed.is_cancelled() {
             drop(server);
             state.open -= 1;
             let starved = self.0.budget.close(&self.0.account);
@@ -221,6 +217,11 @@ impl Pool {
                 self.0.budget.wake();
             }
             return;
+        }
+        if let Some(reason) = Pool::must_close(&state, &server) {
+            // PAUSE or RECONNECT: its slot goes to whoever may open one now.
+            drop(state);
+            return self.discard(server, reason, None);
         }
         state.idle.push(server);
         if state.queue.is_empty() {
