@@ -248,6 +248,39 @@ async fn reload_answers_and_shutdown_stops_pgwarden() {
     proxy.stop().await;
 }
 
+/// A server closed for RECONNECT as it comes back hands its slot to the next waiter at
+/// once: the waiter gets a fresh server, not a query_wait_timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnect_hands_the_closed_servers_slot_to_a_waiter() {
+    let pg = tokio::task::spawn_blocking(PgServer::start).await.unwrap();
+    let toml = console_config(&pg, "").replace("pool_size = 4", "pool_size = 1");
+    let proxy = start_proxy(&toml).await;
+    let admin = console(&proxy, "admin", "admin_pw").await;
+    let holder = app(&proxy).await;
+    holder.simple_query("BEGIN").await.unwrap();
+    let old = backend_pid(&holder).await;
+    let waiter = app(&proxy).await;
+    let waiting = tokio::spawn(async move {
+        let pid = backend_pid(&waiter).await;
+        (pid, Instant::now())
+    });
+    eventually("the waiter to queue", async || {
+        let pools = ask(&admin, "SHOW POOLS").await;
+        let row = pools.row_where("database", "appdb").unwrap();
+        pools.cell(row, "cl_waiting").as_deref() == Some("1")
+    })
+    .await;
+    ask(&admin, "RECONNECT appdb").await;
+    holder.simple_query("COMMIT").await.unwrap();
+    let released = Instant::now();
+    let (fresh, served) = waiting.await.unwrap();
+    assert_ne!(fresh, old, "the old server was reused after RECONNECT");
+    let took = served.duration_since(released);
+    assert!(
+        took < Duration::from_secs(2),
+        "the waiter was served after {took:?}"
+    );
+    eventually("the old backend to go", async || !alive(&pg, old).await).await;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn set_puts_a_setting_in_force_and_show_config_shows_it() {
     let (_pg, proxy) = setup("").await;

@@ -215,15 +215,7 @@ impl Pool {
         Pool::mark_idle(&server);
         let mut state = self.state();
         self.unhold(&mut state.held, who);
-        // Above the pool's limits only after a reload lowered them: the surplus goes.
-        let settings = &spec.settings;
-        let surplus = state.open > (settings.size + settings.reserve_size).max(settings.min_size);
-        let close =
-            Pool::must_close(&state, &server).or(surplus.then_some("pool_size lowered (reload)"));
-        if self.0.closed.is_cancelled() || close.is_some() {
-            if let Some(reason) = close {
-                info!(pool = %self.0.name, server_id = server.id, reason, "server closed");
-            }
+        if self.0.closed.is_cancelled() {
             drop(server);
             state.open -= 1;
             let starved = self.0.budget.close(&spec.account);
@@ -232,6 +224,17 @@ impl Pool {
                 self.0.budget.wake();
             }
             return;
+        }
+        // Above the pool's limits only after a reload lowered them: the surplus goes.
+        let settings = &spec.settings;
+        let surplus = state.open > (settings.size + settings.reserve_size).max(settings.min_size);
+        let close =
+            Pool::must_close(&state, &server).or(surplus.then_some("pool_size lowered (reload)"));
+        if let Some(reason) = close {
+            // PAUSE, RECONNECT or a smaller pool: its slot goes to whoever may open one now.
+            drop(state);
+            drop(spec);
+            return self.discard(server, reason, None);
         }
         state.idle.push(server);
         if state.queue.is_empty() {

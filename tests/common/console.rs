@@ -1,9 +1,9 @@
 //! The admin console from a test: a configuration with admin and stats users, connecting
 //! to the console database, and reading its answers (column names, rows, SQLSTATEs).
 
-use tokio_postgres::{Client, SimpleQueryMessage};
+use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
 
-use super::{describe, try_connect_tcp, PgServer, Proxy};
+use super::{describe, start_proxy, try_connect_tcp, PgServer, Proxy};
 
 /// A transaction-pooling configuration (SCRAM) with a route `appdb` to `pg` on which
 /// pgwarden logs in as app with the route's password, `admin` (admin_pw) in admin_users,
@@ -99,4 +99,172 @@ pub async fn refused(client: &Client, sql: &str) -> (String, String) {
             None => panic!("{sql}: not a server error: {}", describe(&e)),
         },
     }
+}
+
+pub const SOCKETS: &[&str] = &[
+    "type",
+    "user",
+    "database",
+    "replication",
+    "state",
+    "addr",
+    "port",
+    "local_addr",
+    "local_port",
+    "connect_time",
+    "request_time",
+    "wait",
+    "wait_us",
+    "close_needed",
+    "ptr",
+    "link",
+    "remote_pid",
+    "tls",
+    "application_name",
+    "prepared_statements",
+    "id",
+];
+
+/// PgBouncer's columns (1.23: its documentation and its source), in its order.
+pub fn pgbouncer_columns(show: &str) -> Vec<&'static str> {
+    let counters = [
+        "server_assignment_count",
+        "xact_count",
+        "query_count",
+        "received",
+        "sent",
+        "xact_time",
+        "query_time",
+        "wait_time",
+        "client_parse_count",
+        "server_parse_count",
+        "bind_count",
+        "client_connect_count",
+    ];
+    let renamed = |c: &'static str, prefix: &str, recv: &'static str, sent: &'static str| {
+        let name = match c {
+            "received" => recv.to_owned(),
+            "sent" => sent.to_owned(),
+            c => format!("{prefix}{c}"),
+        };
+        &*Box::leak(name.into_boxed_str())
+    };
+    match show {
+        "POOLS" => vec![
+            "database",
+            "user",
+            "cl_active",
+            "cl_waiting",
+            "cl_active_cancel_req",
+            "cl_waiting_cancel_req",
+            "sv_active",
+            "sv_active_cancel",
+            "sv_being_canceled",
+            "sv_idle",
+            "sv_used",
+            "sv_tested",
+            "sv_login",
+            "maxwait",
+            "maxwait_us",
+            "pool_mode",
+            "load_balance_hosts",
+        ],
+        "STATS" => {
+            let mut c = vec!["database"];
+            c.extend(counters.map(|n| renamed(n, "total_", "total_received", "total_sent")));
+            c.extend(counters.map(|n| renamed(n, "avg_", "avg_recv", "avg_sent")));
+            c
+        }
+        "STATS_TOTALS" => {
+            let mut c = vec!["database"];
+            c.extend(counters.map(|n| renamed(n, "", "bytes_received", "bytes_sent")));
+            c
+        }
+        "STATS_AVERAGES" => {
+            let mut c = vec!["database"];
+            c.extend(counters.map(|n| match n {
+                "client_parse_count" | "server_parse_count" | "bind_count" => {
+                    renamed(n, "avg_", "", "")
+                }
+                n => renamed(n, "", "bytes_received", "bytes_sent"),
+            }));
+            c
+        }
+        "CLIENTS" | "SERVERS" => SOCKETS.to_vec(),
+        "DATABASES" => vec![
+            "name",
+            "host",
+            "port",
+            "database",
+            "force_user",
+            "pool_size",
+            "min_pool_size",
+            "reserve_pool_size",
+            "server_lifetime",
+            "pool_mode",
+            "load_balance_hosts",
+            "max_connections",
+            "current_connections",
+            "max_client_connections",
+            "current_client_connections",
+            "paused",
+            "disabled",
+        ],
+        "USERS" => vec![
+            "name",
+            "pool_size",
+            "reserve_pool_size",
+            "pool_mode",
+            "max_user_connections",
+            "current_connections",
+            "max_user_client_connections",
+            "current_client_connections",
+        ],
+        "CONFIG" => vec!["key", "value", "default", "changeable"],
+        "LISTS" => vec!["list", "items"],
+        "VERSION" => vec!["version"],
+        // Ours.
+        "LIMITS" => vec!["cap", "scope", "value", "current", "refusals"],
+        "ALERTS" => vec![
+            "rule", "database", "user", "cap", "state", "since", "message",
+        ],
+        other => panic!("no columns for {other}"),
+    }
+}
+
+pub const SHOWS: [&str; 13] = [
+    "POOLS",
+    "STATS",
+    "STATS_TOTALS",
+    "STATS_AVERAGES",
+    "CLIENTS",
+    "SERVERS",
+    "DATABASES",
+    "USERS",
+    "CONFIG",
+    "LISTS",
+    "VERSION",
+    "LIMITS",
+    "ALERTS",
+];
+
+pub async fn setup() -> (PgServer, Proxy) {
+    let pg = tokio::task::spawn_blocking(PgServer::start).await.unwrap();
+    let proxy = start_proxy(&console_config(&pg, "")).await;
+    (pg, proxy)
+}
+
+/// An application client as app, with an application_name.
+pub async fn app_client(proxy: &Proxy, application: &str) -> Client {
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host("127.0.0.1")
+        .port(proxy.addr.port())
+        .user("app")
+        .password("app_pw")
+        .dbname("appdb")
+        .application_name(application);
+    let (client, connection) = config.connect(NoTls).await.expect("app login");
+    tokio::spawn(connection);
+    client
 }
