@@ -281,6 +281,9 @@ async fn reconnect_hands_the_closed_servers_slot_to_a_waiter() {
         "the waiter was served after {took:?}"
     );
     eventually("the old backend to go", async || !alive(&pg, old).await).await;
+    proxy.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn set_puts_a_setting_in_force_and_show_config_shows_it() {
     let (_pg, proxy) = setup("").await;
