@@ -240,3 +240,33 @@ async fn shutdown_timeout_bounds_the_wait_for_clients() {
         "the session outlived the process"
     );
 }
+
+#[tokio::test]
+async fn the_console_still_answers_admin_users_while_draining() {
+    let pg = tokio::task::spawn_blocking(PgServer::start).await.unwrap();
+    let toml = format!(
+        "admin_users = \"admin\"\n{}[users.admin]\npassword = \"admin_pw\"\n",
+        config(&pg, "30s")
+    );
+    let mut proxy = Pgwarden::with_config(&toml).await;
+    let stays = proxy.connect_app().await;
+    proxy.signal("TERM");
+    proxy
+        .wait_for_output("shutting down, waiting for clients to disconnect")
+        .await;
+    assert_newcomers_refused(&proxy).await;
+    let admin = proxy
+        .try_connect("admin", "admin_pw", "pgwarden")
+        .await
+        .unwrap_or_else(|e| panic!("console while draining: {}", describe(&e)));
+    let rows = admin.simple_query("SHOW POOLS").await.unwrap();
+    let pools = rows
+        .iter()
+        .filter(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(_)))
+        .count();
+    assert_eq!(pools, 1, "SHOW POOLS while draining");
+    drop(admin);
+    drop(stays);
+    assert_eq!(exit_code(&mut proxy, Duration::from_secs(5)).await, Some(0));
+    assert!(!proxy.output().contains("panicked at"));
+}
