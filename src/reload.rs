@@ -47,11 +47,7 @@ pub enum ReloadError {
 /// Reads the configuration again and puts it in force (see the module doc). Logs the
 /// outcome: what changed at INFO, what needs a restart and every refusal reason at WARN.
 pub fn reload(ctx: &Context) -> Result<ReloadReport, ReloadError> {
-    let _one_at_a_time = ctx
-        .control
-        .reloading
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner);
+    let _one_at_a_time = one_at_a_time(ctx);
     let old = ctx.current_config();
     let read = match ctx.control.source() {
         Source::Flags(cli) => crate::config::load(cli),
@@ -77,16 +73,19 @@ pub fn reload(ctx: &Context) -> Result<ReloadReport, ReloadError> {
 /// checked as at start and put in force as a reload would (until the next reload reads
 /// the file again, as in PgBouncer).
 pub fn set(ctx: &Context, key: &str, value: &str) -> Result<ReloadReport, ConfigErrors> {
-    let _one_at_a_time = ctx
-        .control
-        .reloading
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner);
+    let _one_at_a_time = one_at_a_time(ctx);
     let old = ctx.current_config();
     let new = crate::config::with_setting(&old, key, value)?;
     let report = apply(ctx, &old, new)?;
     log_report(&report);
     Ok(report)
+}
+
+/// Held while a reload or SET runs, so that two never interleave.
+fn one_at_a_time(ctx: &Context) -> std::sync::MutexGuard<'_, ()> {
+    (ctx.control.reloading)
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Puts a valid `new` in force in place of `old`.

@@ -11,7 +11,6 @@ use tokio::io::AsyncWriteExt;
 
 use super::handshake::Startup;
 use super::ClientError;
-use crate::auth;
 use crate::console::{self, Role};
 use crate::context::Context;
 use crate::prelogin::Place;
@@ -29,17 +28,7 @@ pub async fn login(
     place: Place,
 ) -> Result<console::Session, ClientError> {
     let config = &*ctx.current_config();
-    let secret = (config.users.get(&startup.user)).and_then(|u| u.secret.as_ref());
-    auth::authenticate(
-        stream,
-        buf,
-        &ctx.logins,
-        config.auth_type,
-        &startup.user,
-        secret,
-        config.max_packet_size,
-    )
-    .await?;
+    super::login::authenticate(stream, buf, ctx, config, &startup.user).await?;
     drop(place);
     let Some(role) = Role::of(config, &startup.user) else {
         return Err(ClientError::Refused(PgError::fatal(

@@ -20,7 +20,7 @@ use crate::context::Context;
 use crate::pool::{self, ClientId, Pool, PoolKey, PooledServer};
 use crate::prelogin::Place;
 use crate::protocol::sql::Strings;
-use crate::protocol::{messages, PgError, TransactionStatus};
+use crate::protocol::{messages, sqlstate, PgError, TransactionStatus};
 use crate::relay::Session;
 use crate::server::params::client_parameters;
 use crate::server::ServerError;
@@ -63,7 +63,7 @@ pub async fn login(
     let route = route(config, &startup.database)?;
     if ctx.pools.is_disabled(&startup.database) {
         return Err(ClientError::Refused(PgError::fatal(
-            "55000",
+            sqlstate::OBJECT_NOT_IN_PREREQUISITE_STATE,
             format!(
                 "database \"{}\" is not currently accepting connections (DISABLE on the pgwarden console)",
                 startup.database
@@ -71,17 +71,7 @@ pub async fn login(
         )));
     }
     let user = config.users.get(&startup.user);
-    let secret = user.and_then(|u| u.secret.as_ref());
-    auth::authenticate(
-        stream,
-        buf,
-        &ctx.logins,
-        config.auth_type,
-        &startup.user,
-        secret,
-        config.max_packet_size,
-    )
-    .await?;
+    authenticate(stream, buf, ctx, config, &startup.user).await?;
     // Logged in: from here on it counts as a client, and is never made to give way (not
     // even while it waits for a server below).
     drop(place);
@@ -187,6 +177,27 @@ fn overlay(
     reported
 }
 
+/// Checks `user`'s credentials as `config` says (a pool client and a console user alike).
+pub(super) async fn authenticate(
+    stream: &mut Stream,
+    buf: &mut BytesMut,
+    ctx: &Context,
+    config: &Config,
+    user: &str,
+) -> Result<(), ClientError> {
+    let secret = (config.users.get(user)).and_then(|u| u.secret.as_ref());
+    auth::authenticate(
+        stream,
+        buf,
+        &ctx.logins,
+        config.auth_type,
+        user,
+        secret,
+        config.max_packet_size,
+    )
+    .await?;
+    Ok(())
+}
 /// The route for a client-visible database name: a named entry, else the wildcard.
 fn route<'c>(config: &'c Config, database: &str) -> Result<&'c Database, ClientError> {
     (config.route(database))

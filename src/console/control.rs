@@ -18,7 +18,7 @@ pub mod code {
     pub const INVALID_CATALOG_NAME: &str = "3D000";
     pub const INVALID_PARAMETER_VALUE: &str = "22023";
     pub const CANT_CHANGE_RUNTIME_PARAM: &str = "55P02";
-    pub const OBJECT_NOT_IN_PREREQUISITE_STATE: &str = "55000";
+    pub use crate::protocol::sqlstate::OBJECT_NOT_IN_PREREQUISITE_STATE;
     pub const CONFIG_FILE_ERROR: &str = "F0000";
 }
 

@@ -11,6 +11,8 @@ use pgwire::messages::Message;
 
 /// SQLSTATE codes pgwarden reports.
 pub mod sqlstate {
+    /// DISABLE on the console: the database accepts no new logins.
+    pub const OBJECT_NOT_IN_PREREQUISITE_STATE: &str = "55000";
     pub const PROTOCOL_VIOLATION: &str = "08P01";
     pub const CONNECTION_FAILURE: &str = "08006";
     pub const SQLCLIENT_UNABLE_TO_ESTABLISH: &str = "08001";
